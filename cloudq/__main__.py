@@ -1,0 +1,3 @@
+from cloudq.cli import main
+
+raise SystemExit(main())

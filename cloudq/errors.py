@@ -1,0 +1,39 @@
+"""One error hierarchy: callers catch CloudqError, the shell prints it plainly."""
+
+from __future__ import annotations
+
+
+class CloudqError(Exception):
+    """Base of every error cloudq raises on purpose; its message is meant for the operator."""
+
+
+class ValidationError(CloudqError):
+    """A task spec, command line or RPC argument was malformed; nothing was changed."""
+
+
+class SpecError(ValidationError):
+    """A kind-specific task spec (ffmpeg, container, exec) was refused."""
+
+
+class NotFoundError(CloudqError):
+    """An id or name that does not exist."""
+
+
+class TransitionError(CloudqError):
+    """A task was asked to move between states that the transitions table does not allow."""
+
+
+class QueueFullError(CloudqError):
+    """The queue is at its configured limit; the submission was not accepted."""
+
+
+class StoreError(CloudqError):
+    """The state on disk could not be read or written safely."""
+
+
+class RunnerError(CloudqError):
+    """A task could not be run on this worker (missing image, encoder, engine...)."""
+
+
+class AuthError(CloudqError):
+    """A peer could not prove who it is, or asked for something it may not do."""

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the real tools the test suite drives (ffmpeg, Docker engine, Prometheus, tmux,
+# busybox-static for the local container image) when run as root and any is missing.
+set -euo pipefail
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v tmux >/dev/null || need+=(tmux)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v ip >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "cloudq: missing system packages (${need[*]}); install them as root" >&2
+    exit 1
+fi
+echo "cloudq: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
