@@ -1,0 +1,33 @@
+"""Every tunable constant in one place, each with what it means. Flags and environment override."""
+
+from __future__ import annotations
+
+# --- network -------------------------------------------------------------------------------
+BIND = "127.0.0.1"  # the master listens on loopback unless told otherwise
+PORT = 18861  # RPyC endpoint of the master
+METRICS_PORT = 0  # Prometheus endpoint; 0 = off
+MAX_CONNECTIONS = 512  # connections beyond this are closed at once
+SYNC_REQUEST_TIMEOUT_S = 30.0  # an RPC call that takes longer fails instead of hanging
+HANDSHAKE_TIMEOUT_S = 5.0  # a peer that does not finish TLS + RPyC setup by then is dropped
+
+# --- master ---------------------------------------------------------------------------------
+DATA_DIR = "data"  # where the journal and checkpoints live (relative to the working dir)
+PROCESSOR_INTERVAL_S = 5.0  # the safety-net processor: retries, expiry, timeouts
+MAX_QUEUED = 1_000_000  # submissions beyond this many queued tasks are refused
+PLACEMENT_STRATEGY = "pack"  # "pack" fills one worker before the next; "spread" balances
+AGING_S = 600.0  # a blocked head task older than this reserves a worker (no backfill onto it)
+EVENT_RETENTION = 100_000  # newest audit events kept in the store
+QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is quarantined
+
+# --- workers and leases --------------------------------------------------------------------
+HEARTBEAT_S = 2.0  # how often a worker reports a live sample
+LEASE_S = 10.0  # a worker silent this long is offline; its tasks are requeued
+POLL_WAIT_S = 1.0  # longest a worker's fetch call waits for work before asking again
+MAX_TASKS = 2  # tasks a worker runs at once unless --max-tasks says otherwise
+
+# --- tasks ------------------------------------------------------------------------------------
+MAX_RETRIES = 3  # a task runs at most max_retries + 1 times
+RETRY_BACKOFF_S = 5.0  # base of the exponential back-off between attempts
+RETRY_BACKOFF_MAX_S = 300.0  # the back-off never grows beyond this
+RETRY_JITTER = 0.2  # +/- this fraction of the back-off, so retries don't stampede
+TIMEOUT_GRACE_S = 5.0  # a task past its run timeout is given up on this much later

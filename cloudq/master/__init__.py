@@ -1,0 +1,1 @@
+"""The master: owns every task, worker and reservation."""

@@ -1,0 +1,102 @@
+"""What the master knows about each worker: facts from registration, the latest live sample,
+its status, its ledger, and the instructions waiting for its next fetch."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cloudq.errors import ValidationError
+from cloudq.ledger import Ledger
+from cloudq.model import check_name, check_number, parse_labels
+
+
+class WorkerStatus(StrEnum):
+    AVAILABLE = "available"  # connected, has room for another task
+    BUSY = "busy"  # connected, at its task limit
+    DRAINING = "draining"  # finishes what it runs, takes nothing new
+    QUARANTINED = "quarantined"  # failed too many tasks in a row; an operator must release it
+    OFFLINE = "offline"  # missed its lease, or not seen since the master started
+
+
+@dataclass
+class WorkerRecord:
+    name: str
+    host: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    sample: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=lambda: Ledger("", 0.0, 0.0, 0.0))
+    connected: bool = False
+    draining: bool = False
+    quarantined: bool = False
+    consecutive_failures: int = 0
+    last_seen: float = 0.0
+    registered_at: float = 0.0
+    session: int = 0  # bumped on every registration: a fetch from an older session is stale
+    outbox: deque[dict[str, Any]] = field(default_factory=deque)
+
+    @property
+    def status(self) -> WorkerStatus:
+        if not self.connected:
+            return WorkerStatus.OFFLINE
+        if self.quarantined:
+            return WorkerStatus.QUARANTINED
+        if self.draining:
+            return WorkerStatus.DRAINING
+        return WorkerStatus.AVAILABLE if self.ledger.slots_free > 0 else WorkerStatus.BUSY
+
+    @property
+    def schedulable(self) -> bool:
+        return self.status in (WorkerStatus.AVAILABLE, WorkerStatus.BUSY)
+
+    def to_dict(self) -> dict[str, Any]:
+        ledger = self.ledger
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "host": self.host,
+            "cpu_cores": ledger.cpu_cores,
+            "mem_gb": ledger.mem_gb,
+            "storage_gb": ledger.storage_gb,
+            "gpus": len(ledger.gpu_mem_gb),
+            "max_tasks": ledger.max_tasks,
+            "labels": dict(ledger.labels),
+            "capabilities": sorted(ledger.capabilities),
+            "running": sorted(ledger.bookings),
+            "consecutive_failures": self.consecutive_failures,
+            "last_seen": self.last_seen,
+            "sample": self.sample,
+            "facts": self.facts,
+            **ledger.usage(),
+        }
+
+
+def parse_registration(raw: Any) -> dict[str, Any]:
+    """Checks what a worker says about itself; a bad field is refused, never half-applied."""
+    if not isinstance(raw, dict):
+        raise ValidationError("registration must be an object")
+    name = check_name("worker name", raw.get("name"))
+    gpus = raw.get("gpus") or []
+    if not isinstance(gpus, list) or len(gpus) > 64:
+        raise ValidationError("gpus must be a list of at most 64 GPUs")
+    gpu_mem = tuple(
+        check_number("gpu mem_gb", (g or {}).get("mem_gb", 0.0) if isinstance(g, dict) else None,
+                     high=1 << 20)
+        for g in gpus
+    )
+    capabilities = raw.get("capabilities") or []
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        raise ValidationError("capabilities must be a list of strings")
+    return {
+        "name": name,
+        "host": str(raw.get("host") or "")[:255],
+        "cpu_cores": check_number("cpu_cores", raw.get("cpu_cores"), high=1 << 16),
+        "mem_gb": check_number("mem_gb", raw.get("mem_gb"), high=1 << 24),
+        "storage_gb": check_number("storage_gb", raw.get("storage_gb", 0.0), high=1 << 30),
+        "gpu_mem_gb": gpu_mem,
+        "max_tasks": int(check_number("max_tasks", raw.get("max_tasks", 1), low=1, high=4096, integer=True)),
+        "labels": parse_labels(raw.get("labels")),
+        "capabilities": frozenset(capabilities[:256]),
+    }

@@ -1,0 +1,346 @@
+"""The task model: what a task asks for and the bookkeeping the master keeps about it.
+
+Everything here is plain data with no I/O. `Task.to_dict()` / `Task.from_dict()` give the
+JSON-able form that is journalled, sent over RPC and printed with `--json`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from cloudq import defaults
+from cloudq.errors import ValidationError
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    HELD = "held"
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """On a worker: it holds a reservation there."""
+        return self in (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD})
+
+
+class QueueClass(StrEnum):
+    """Listed best first: live work beats default work beats batch work."""
+
+    LIVE = "live"
+    DEFAULT = "default"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        return _QUEUE_RANK[self]
+
+
+class Priority(StrEnum):
+    """Listed best first; priority orders tasks within one queue class."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_QUEUE_RANK = {q: i for i, q in enumerate(QueueClass)}
+_PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}
+
+TASK_KINDS = ("ffmpeg", "container", "exec", "noop")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+_LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.\-/]{0,63}$")
+MAX_CPU_CORES = 4096.0
+MAX_MEM_GB = 1 << 20  # 1 PiB: bigger than any machine, small enough to catch typos in bytes
+MAX_GPUS = 64
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+def check_name(what: str, value: Any) -> str:
+    """A name operators type and read: worker names, lock names, owners, task names."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValidationError(
+            f"{what} must be 1-128 characters of letters, digits and _.:@/- "
+            f"starting with a letter or digit, got {value!r}"
+        )
+    return value
+
+
+def check_number(
+    what: str, value: Any, *, low: float = 0.0, high: float, integer: bool = False
+) -> float | int:
+    """A finite number in [low, high]; bools and strings are refused, ints promoted to float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{what} must be a number, got {value!r}")
+    if integer and not (isinstance(value, int) or float(value).is_integer()):
+        raise ValidationError(f"{what} must be a whole number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValidationError(f"{what} must be finite, got {value!r}")
+    if not low <= value <= high:
+        raise ValidationError(f"{what} must be between {low:g} and {high:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _optional_seconds(what: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = check_number(what, value, high=MAX_SECONDS)
+    if seconds <= 0:
+        raise ValidationError(f"{what} must be greater than 0 seconds, got {value!r}")
+    return seconds
+
+
+def _enum(cls: type[StrEnum], what: str, value: Any) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise ValidationError(f"unknown {what} {value!r}; choose one of: {choices}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What a task needs on one worker, and (for a worker) what it has."""
+
+    cpu_cores: float = 1.0
+    mem_gb: float = 0.0
+    storage_gb: float = 0.0
+    gpus: int = 0
+    gpu_mem_gb: float = 0.0  # per GPU
+
+    @classmethod
+    def parse(cls, raw: Any) -> Resources:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ValidationError(f"resources must be an object, got {raw!r}")
+        _refuse_unknown("resources", raw, {f.name for f in fields(cls)})
+        base = cls()
+        return cls(
+            cpu_cores=check_number("cpu_cores", raw.get("cpu_cores", base.cpu_cores), high=MAX_CPU_CORES),
+            mem_gb=check_number("mem_gb", raw.get("mem_gb", base.mem_gb), high=MAX_MEM_GB),
+            storage_gb=check_number("storage_gb", raw.get("storage_gb", base.storage_gb), high=MAX_MEM_GB),
+            gpus=check_number("gpus", raw.get("gpus", base.gpus), high=MAX_GPUS, integer=True),
+            gpu_mem_gb=check_number("gpu_mem_gb", raw.get("gpu_mem_gb", base.gpu_mem_gb), high=MAX_MEM_GB),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LockSpec:
+    """A cluster-wide named lock: at most `holders` tasks holding it run at once."""
+
+    name: str
+    holders: int = 1
+
+    @classmethod
+    def parse(cls, raw: Any) -> LockSpec:
+        """Accepts "model-x", "model-x:2" or {"name": "model-x", "holders": 2}."""
+        if isinstance(raw, str):
+            name, _, count = raw.partition(":")
+            holders: Any = 1
+            if count:
+                if not count.isdigit():
+                    raise ValidationError(f"lock {raw!r}: holders after ':' must be a whole number")
+                holders = int(count)
+        elif isinstance(raw, dict):
+            _refuse_unknown("lock", raw, {"name", "holders"})
+            name, holders = raw.get("name"), raw.get("holders", 1)
+        else:
+            raise ValidationError(f"a lock is NAME or NAME:N, got {raw!r}")
+        holders = check_number(f"lock {name!r} holders", holders, low=1, high=1_000_000, integer=True)
+        return cls(check_name("lock name", name), int(holders))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "holders": self.holders}
+
+
+# The fields a submitter may set, with their defaults. Everything else is bookkeeping.
+REQUEST_FIELDS = {
+    "name", "kind", "spec", "owner", "queue", "priority", "resources", "target_worker",
+    "labels", "locks", "max_retries", "retry_backoff_s", "timeout_s", "ttl_s",
+}
+
+
+@dataclass(slots=True)
+class Task:
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    name: str = ""
+    owner: str = "default"
+    queue: QueueClass = QueueClass.DEFAULT
+    priority: Priority = Priority.MEDIUM
+    resources: Resources = field(default_factory=Resources)
+    target_worker: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    locks: tuple[LockSpec, ...] = ()
+    max_retries: int = defaults.MAX_RETRIES
+    retry_backoff_s: float = defaults.RETRY_BACKOFF_S
+    timeout_s: float | None = None  # run time limit, once started
+    ttl_s: float | None = None  # how long it may wait in the queue before it expires
+    # --- bookkeeping, owned by the master ---
+    state: TaskState = TaskState.PENDING
+    seq: int = 0  # submission order: FIFO within queue class and priority
+    attempt: int = 0  # fencing token: bumped on every assignment
+    placement_attempts: int = 0
+    last_error: str | None = None
+    reason: str | None = None  # why it is waiting, in words
+    worker: str | None = None
+    tried_workers: list[str] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    not_before: float | None = None  # a retrying task waits until then
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+
+    @property
+    def order_key(self) -> tuple[int, int, int]:
+        """Queue order: class, then priority, then FIFO."""
+        return (self.queue.rank, self.priority.rank, self.seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["queue"] = self.queue.value
+        out["priority"] = self.priority.value
+        out["state"] = self.state.value
+        out["resources"] = self.resources.to_dict()
+        out["locks"] = [lock.to_dict() for lock in self.locks]
+        out["labels"] = dict(self.labels)
+        out["tried_workers"] = list(self.tried_workers)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Task:
+        """Rebuilds a stored task. Trusts the shape (it was written by us) but not blindly."""
+        data = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        data["queue"] = QueueClass(data.get("queue", QueueClass.DEFAULT))
+        data["priority"] = Priority(data.get("priority", Priority.MEDIUM))
+        data["state"] = TaskState(data.get("state", TaskState.PENDING))
+        data["resources"] = Resources(**data.get("resources") or {})
+        data["locks"] = tuple(LockSpec(**lock) for lock in data.get("locks") or ())
+        return cls(**data)
+
+
+def parse_request(raw: Any) -> dict[str, Any]:
+    """Validates a submission and returns the request fields, normalised.
+
+    Raises ValidationError naming the first bad field. The kind's spec is checked by
+    cloudq.specs, so a hostile ffmpeg input or container option is refused here, before
+    anything is stored or run.
+    """
+    from cloudq.specs import validate_spec  # the spec rules live beside the runners' docs
+
+    if not isinstance(raw, dict):
+        raise ValidationError(f"a task must be an object of fields, got {type(raw).__name__}")
+    _refuse_unknown("task", raw, REQUEST_FIELDS)
+    kind = raw.get("kind")
+    if kind not in TASK_KINDS:
+        raise ValidationError(f"unknown task kind {kind!r}; choose one of: {', '.join(TASK_KINDS)}")
+    out: dict[str, Any] = {"kind": kind, "spec": validate_spec(kind, raw.get("spec") or {})}
+    name = raw.get("name") or ""
+    out["name"] = check_name("task name", name) if name else ""
+    out["owner"] = check_name("owner", raw.get("owner", "default"))
+    out["queue"] = _enum(QueueClass, "queue class", raw.get("queue", QueueClass.DEFAULT))
+    out["priority"] = _enum(Priority, "priority", raw.get("priority", Priority.MEDIUM))
+    out["resources"] = Resources.parse(raw.get("resources"))
+    target = raw.get("target_worker")
+    out["target_worker"] = None if target in (None, "") else check_name("target worker", target)
+    out["labels"] = _parse_labels(raw.get("labels"))
+    out["locks"] = _parse_locks(raw.get("locks"))
+    out["max_retries"] = check_number(
+        "max_retries", raw.get("max_retries", defaults.MAX_RETRIES), high=1000, integer=True
+    )
+    out["retry_backoff_s"] = check_number(
+        "retry_backoff_s", raw.get("retry_backoff_s", defaults.RETRY_BACKOFF_S), high=MAX_SECONDS
+    )
+    out["timeout_s"] = _optional_seconds("timeout_s", raw.get("timeout_s"))
+    out["ttl_s"] = _optional_seconds("ttl_s", raw.get("ttl_s"))
+    return out
+
+
+def new_task(raw: Any, *, task_id: str, seq: int, now: float) -> Task:
+    """A validated, not yet queued task."""
+    request = parse_request(raw)
+    return Task(id=task_id, seq=seq, created_at=now, updated_at=now, **request)
+
+
+def _parse_labels(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):  # "gpu=a100,zone=eu"
+        raw = dict(_split_label(item) for item in raw.split(",") if item)
+    if not isinstance(raw, dict):
+        raise ValidationError(f"labels must be k=v pairs, got {raw!r}")
+    if len(raw) > 64:
+        raise ValidationError(f"at most 64 labels, got {len(raw)}")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _LABEL_KEY_RE.match(key):
+            raise ValidationError(f"label key {key!r} must be letters, digits and _.-/")
+        if not isinstance(value, str) or not _LABEL_VALUE_RE.match(value):
+            raise ValidationError(f"label {key}={value!r}: value must be letters, digits and _.-/")
+    return dict(raw)
+
+
+def _split_label(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValidationError(f"label {item!r} must be written k=v")
+    return key.strip(), value.strip()
+
+
+def parse_labels(raw: Any) -> dict[str, str]:
+    """Labels as given on a command line ("k=v,k2=v2") or as an object."""
+    return _parse_labels(raw)
+
+
+def _parse_locks(raw: Any) -> tuple[LockSpec, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str | dict):
+        raw = [raw]
+    if not isinstance(raw, list | tuple):
+        raise ValidationError(f"locks must be a list of NAME[:N], got {raw!r}")
+    if len(raw) > 16:
+        raise ValidationError(f"at most 16 locks per task, got {len(raw)}")
+    locks = tuple(LockSpec.parse(item) for item in raw)
+    names = [lock.name for lock in locks]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"lock names repeat: {names}")
+    return locks
+
+
+def _refuse_unknown(what: str, raw: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise ValidationError(
+            f"unknown {what} field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )

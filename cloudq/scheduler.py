@@ -1,0 +1,241 @@
+"""Placement: which queued task goes to which worker, with no I/O.
+
+Queued tasks are grouped by *shape* (resources, target, labels, locks, required
+capabilities): tasks of one shape are interchangeable for placement, so when the head of a
+shape fits nowhere, every task behind it is skipped at no cost. A pass merges the heads of all
+shapes in queue order (class, priority, FIFO) and places each head on the first worker that
+fits ("pack") or the one with most room ("spread"). A blocked head does not stop tasks of other
+shapes behind it (backfill); once it has waited longer than the aging limit it reserves the
+best worker for itself, so small tasks can no longer starve it.
+
+A pass costs O(shapes + placements x open workers), never O(queued tasks).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from cloudq import defaults
+from cloudq.ledger import Ledger, LockTable
+from cloudq.model import LockSpec, Resources, Task
+from cloudq.queue import Key, TaskQueue
+
+Shape = tuple[Resources, str | None, tuple[tuple[str, str], ...], tuple[LockSpec, ...], frozenset[str]]
+
+STRATEGIES = ("pack", "spread")
+
+
+def shape_of(task: Task, capabilities: frozenset[str]) -> Shape:
+    return (
+        task.resources,
+        task.target_worker,
+        tuple(sorted(task.labels.items())),
+        task.locks,
+        capabilities,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    task_id: str
+    worker: str
+    gpu_indices: tuple[int, ...]
+
+
+class Backlog:
+    """The queued tasks, one TaskQueue per shape, plus the last known reason each shape waits."""
+
+    def __init__(self) -> None:
+        self._groups: dict[Shape, TaskQueue] = {}
+        self._shape_of: dict[str, Shape] = {}
+        self.reasons: dict[Shape, str] = {}
+
+    def add(self, task: Task, capabilities: frozenset[str]) -> None:
+        shape = shape_of(task, capabilities)
+        group = self._groups.get(shape)
+        if group is None:
+            group = self._groups[shape] = TaskQueue()
+        group.push(task.id, task.order_key)
+        self._shape_of[task.id] = shape
+
+    def remove(self, task_id: str) -> bool:
+        shape = self._shape_of.pop(task_id, None)
+        if shape is None:
+            return False
+        group = self._groups[shape]
+        group.remove(task_id)
+        if not group:
+            del self._groups[shape]
+            self.reasons.pop(shape, None)
+        return True
+
+    def pop_head(self, shape: Shape) -> str:
+        group = self._groups[shape]
+        task_id = group.pop()
+        assert task_id is not None
+        del self._shape_of[task_id]
+        if not group:
+            del self._groups[shape]
+            self.reasons.pop(shape, None)
+        return task_id
+
+    def heads(self) -> list[tuple[Key, Shape]]:
+        return [(group.peek_key(), shape) for shape, group in self._groups.items()]
+
+    def head_of(self, shape: Shape) -> str | None:
+        group = self._groups.get(shape)
+        return None if group is None else group.peek()
+
+    def reason_for(self, task_id: str) -> str | None:
+        shape = self._shape_of.get(task_id)
+        return None if shape is None else self.reasons.get(shape)
+
+    def ordered(self) -> Iterator[str]:
+        """Every queued id in queue order (merges the shapes' sorted snapshots)."""
+        runs = [group.ordered() for group in self._groups.values()]
+        return (task_id for _, task_id in heapq.merge(*runs))
+
+    def shapes(self) -> int:
+        return len(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._shape_of)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._shape_of
+
+
+def static_misfit(task: Task, ledger: Ledger, required: frozenset[str]) -> str | None:
+    """Reasons that no amount of free capacity would fix."""
+    if task.target_worker and task.target_worker != ledger.name:
+        return f"Wrong worker: task is for {task.target_worker}"
+    for key, value in task.labels.items():
+        have = ledger.labels.get(key)
+        if have != value:
+            return f"Label mismatch: task needs {key}={value}, worker has {key}={have or '(unset)'}"
+    missing = required - ledger.capabilities
+    if missing:
+        return f"Missing capability: worker lacks {', '.join(sorted(missing))}"
+    return None
+
+
+def misfit(task: Task, ledger: Ledger, required: frozenset[str]) -> str | None:
+    return static_misfit(task, ledger, required) or ledger.misfit(task.resources)
+
+
+def explain(task: Task, ledgers: Iterable[Ledger], required: frozenset[str]) -> dict[str, str]:
+    """Per worker, why `task` does not fit there now (workers where it fits are left out)."""
+    out = {}
+    for ledger in sorted(ledgers, key=lambda item: item.name):
+        reason = misfit(task, ledger, required)
+        if reason:
+            out[ledger.name] = reason
+    return out
+
+
+def summarise(reasons: Mapping[str, str], workers: int, limit: int = 3) -> str:
+    if workers == 0:
+        return "No workers available"
+    shown = [f"{name}: {why}" for name, why in list(reasons.items())[:limit]]
+    more = len(reasons) - limit
+    tail = f"; and {more} more" if more > 0 else ""
+    return f"Fits on none of {workers} workers. " + "; ".join(shown) + tail
+
+
+class Scheduler:
+    def __init__(self, strategy: str = defaults.PLACEMENT_STRATEGY, aging_s: float = defaults.AGING_S):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"placement strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
+        self.aging_s = aging_s
+
+    def place(
+        self,
+        backlog: Backlog,
+        tasks: Mapping[str, Task],
+        ledgers: Mapping[str, Ledger],
+        locks: LockTable,
+        now: float,
+    ) -> list[Placement]:
+        """One pass: books placed tasks on their ledgers and locks, pops them from the backlog,
+        records why each blocked shape waits, and returns the placements."""
+        open_workers = [ledger for ledger in ledgers.values() if ledger.slots_free > 0]
+        open_workers.sort(key=lambda ledger: ledger.name)
+        reserved: set[str] = set()
+        placements: list[Placement] = []
+        heads = backlog.heads()
+        heapq.heapify(heads)
+        while heads and open_workers:
+            _, shape = heapq.heappop(heads)
+            task = tasks[backlog.head_of(shape)]  # type: ignore[index]
+            reason = locks.blocker(task.locks) if task.locks else None
+            chosen = None
+            if reason is None:
+                chosen, reason = self._choose(task, shape[4], open_workers, reserved, len(ledgers))
+            if chosen is None:
+                backlog.reasons[shape] = reason
+                if now - (task.queued_at or now) >= self.aging_s:
+                    self._reserve_for(task, shape[4], ledgers, reserved)
+                continue
+            backlog.pop_head(shape)
+            booking = chosen.book(task.id, task.resources)
+            locks.acquire(task.id, task.locks)
+            placements.append(Placement(task.id, chosen.name, booking.gpu_indices))
+            if chosen.slots_free <= 0:
+                open_workers.remove(chosen)
+            head = backlog.head_of(shape)
+            if head is not None:
+                heapq.heappush(heads, (tasks[head].order_key, shape))
+        for _, shape in heads:  # the pass ran out of open workers
+            backlog.reasons[shape] = _all_full(len(ledgers))
+        return placements
+
+    def _choose(
+        self,
+        task: Task,
+        required: frozenset[str],
+        open_workers: list[Ledger],
+        reserved: set[str],
+        total_workers: int,
+    ) -> tuple[Ledger | None, str]:
+        fitting: list[Ledger] = []
+        reasons: dict[str, str] = {}
+        for ledger in open_workers:
+            if ledger.name in reserved:
+                reasons[ledger.name] = "Reserved for an older task that waited too long"
+                continue
+            why = misfit(task, ledger, required)
+            if why:
+                reasons[ledger.name] = why
+                continue
+            if self.strategy == "pack" and ledger.name not in task.tried_workers:
+                return ledger, ""  # first fit: fills workers in name order
+            fitting.append(ledger)
+        if not fitting:
+            if len(open_workers) < total_workers:
+                reasons.setdefault("others", _all_full(total_workers - len(open_workers)))
+            return None, summarise(reasons, total_workers)
+        fresh = [ledger for ledger in fitting if ledger.name not in task.tried_workers] or fitting
+        if self.strategy == "pack":
+            return fresh[0], ""
+        return max(fresh, key=lambda ledger: (ledger.free_cpu, ledger.slots_free, ledger.free_mem)), ""
+
+    def _reserve_for(
+        self, task: Task, required: frozenset[str], ledgers: Mapping[str, Ledger], reserved: set[str]
+    ) -> None:
+        """Keeps backfill off the worker that could hold `task` soonest (most free CPU)."""
+        could = [
+            ledger
+            for ledger in ledgers.values()
+            if ledger.name not in reserved
+            and static_misfit(task, ledger, required) is None
+            and ledger.misfit_when_empty(task.resources) is None
+        ]
+        if could:
+            reserved.add(max(could, key=lambda ledger: (ledger.free_cpu, ledger.name)).name)
+
+
+def _all_full(count: int) -> str:
+    return f"All {count} workers with room are taken: every worker is at its task limit"

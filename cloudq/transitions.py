@@ -1,0 +1,135 @@
+"""The task lifecycle: one table of allowed moves, and the audit event every move writes.
+
+    pending -> queued -> assigned -> running -> completed | failed | cancelled
+    plus held (an operator parked it), retrying (waiting out a back-off before it is queued
+    again) and dead (retries exhausted: the dead-letter list).
+
+Any move not in the table raises TransitionError naming the task and its last events, so a
+bug shows up as a story, not as a silently corrupted queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from cloudq.errors import TransitionError
+from cloudq.model import Task, TaskState
+
+S = TaskState
+
+# (from, to): what the move means. The only source of truth for what may happen to a task.
+ALLOWED: dict[tuple[TaskState, TaskState], str] = {
+    (S.PENDING, S.QUEUED): "accepted",
+    (S.PENDING, S.HELD): "submitted on hold",
+    (S.QUEUED, S.ASSIGNED): "placed on a worker",
+    (S.QUEUED, S.HELD): "held by an operator",
+    (S.QUEUED, S.CANCELLED): "cancelled while queued",
+    (S.QUEUED, S.FAILED): "expired in the queue",
+    (S.ASSIGNED, S.RUNNING): "started by the worker",
+    (S.ASSIGNED, S.QUEUED): "handed back before it started",
+    (S.ASSIGNED, S.RETRYING): "lost before it started; will retry",
+    (S.ASSIGNED, S.DEAD): "lost before it started; no retries left",
+    (S.ASSIGNED, S.FAILED): "refused by the worker",
+    (S.ASSIGNED, S.CANCELLED): "cancelled before it started",
+    (S.RUNNING, S.COMPLETED): "finished successfully",
+    (S.RUNNING, S.FAILED): "failed, not retryable",
+    (S.RUNNING, S.RETRYING): "failed or lost; will retry",
+    (S.RUNNING, S.DEAD): "failed or lost; no retries left",
+    (S.RUNNING, S.CANCELLED): "cancelled while running",
+    (S.RUNNING, S.QUEUED): "handed back by the worker",
+    (S.RETRYING, S.QUEUED): "back-off over",
+    (S.RETRYING, S.HELD): "held by an operator",
+    (S.RETRYING, S.CANCELLED): "cancelled while waiting to retry",
+    (S.HELD, S.QUEUED): "released by an operator",
+    (S.HELD, S.CANCELLED): "cancelled while held",
+    (S.FAILED, S.QUEUED): "retried by an operator",
+    (S.DEAD, S.QUEUED): "retried by an operator",
+    (S.CANCELLED, S.QUEUED): "retried by an operator",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One move of one task: the audit trail, `events`, and `why` read these."""
+
+    task: str
+    src: str
+    dst: str
+    reason: str
+    worker: str | None
+    attempt: int
+    time: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Event:
+        return cls(**raw)
+
+    def __str__(self) -> str:
+        where = f" on {self.worker}" if self.worker else ""
+        return f"{self.src} -> {self.dst}{where} (attempt {self.attempt}): {self.reason}"
+
+
+def can_move(src: TaskState, dst: TaskState) -> bool:
+    return (src, dst) in ALLOWED
+
+
+def move(
+    task: Task,
+    dst: TaskState,
+    *,
+    now: float,
+    reason: str | None = None,
+    history: Iterable[Event] = (),
+) -> Event:
+    """Moves `task` to `dst` in place and returns the event that records it."""
+    src = task.state
+    meaning = ALLOWED.get((src, dst))
+    if meaning is None:
+        story = "; ".join(str(e) for e in list(history)[-5:]) or "no earlier events"
+        raise TransitionError(
+            f"task {task.id} cannot move from {src.value} to {dst.value}. Its last events: {story}"
+        )
+    task.state = dst
+    task.updated_at = now
+    return Event(
+        task=task.id,
+        src=src.value,
+        dst=dst.value,
+        reason=reason or meaning,
+        worker=task.worker,
+        attempt=task.attempt,
+        time=now,
+    )
+
+
+class EventLog:
+    """The newest events, overall and per task, bounded so a long-lived master stays small."""
+
+    def __init__(self, retention: int, per_task: int = 50) -> None:
+        self._all: deque[Event] = deque(maxlen=retention)
+        self._per_task: dict[str, deque[Event]] = {}
+        self._per_task_limit = per_task
+
+    def add(self, event: Event) -> None:
+        self._all.append(event)
+        story = self._per_task.get(event.task)
+        if story is None:
+            story = self._per_task[event.task] = deque(maxlen=self._per_task_limit)
+        story.append(event)
+
+    def story(self, task_id: str) -> list[Event]:
+        return list(self._per_task.get(task_id, ()))
+
+    def forget(self, task_id: str) -> None:
+        self._per_task.pop(task_id, None)
+
+    def recent(self, limit: int = 100) -> list[Event]:
+        return list(self._all)[-limit:]
+
+    def __len__(self) -> int:
+        return len(self._all)
