@@ -176,7 +176,7 @@ class Scheduler:
                 chosen, reason = self._choose(task, shape[4], open_workers, reserved, len(ledgers))
             if chosen is None:
                 backlog.reasons[shape] = reason
-                if now - (task.queued_at or now) >= self.aging_s:
+                if task.queued_at is not None and now - task.queued_at >= self.aging_s:
                     self._reserve_for(task, shape[4], ledgers, reserved)
                 continue
             backlog.pop_head(shape)

@@ -294,12 +294,11 @@ class Master:
             task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
             task.finished_at = now
             self._move(task, S.FAILED, now, task.last_error)
-        elif state is S.RUNNING and task.timeout_s and task.started_at:
-            if now - task.started_at > task.timeout_s + defaults.TIMEOUT_GRACE_S:
-                self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-                task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
-                self._release(task)
-                self._retry_or_bury(task, now, task.last_error)
+        elif state is S.RUNNING and _overdue(task, now):
+            self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+            task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
+            self._release(task)
+            self._retry_or_bury(task, now, task.last_error)
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
         record.connected = False
@@ -484,6 +483,13 @@ class Master:
 
 
 _OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
+
+
+def _overdue(task: Task, now: float) -> bool:
+    """The worker kills a task at its timeout; this catches a worker that did not."""
+    if not task.timeout_s or not task.started_at:
+        return False
+    return now - task.started_at > task.timeout_s + defaults.TIMEOUT_GRACE_S
 
 
 def _pairs(running: list[Any]) -> dict[str, int]:

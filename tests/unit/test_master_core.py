@@ -1,0 +1,182 @@
+"""The master's rules, driven directly: no sockets, no threads, a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudq.errors import NotFoundError, QueueFullError, ValidationError
+from cloudq.master.core import Master, MasterConfig
+from cloudq.model import TaskState
+
+S = TaskState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def master(clock):
+    return Master(config=MasterConfig(lease_s=10.0, quarantine_after=3), clock=clock)
+
+
+def worker(master, name, cores=4.0, max_tasks=4, running=(), **extra):
+    facts = {"name": name, "cpu_cores": cores, "mem_gb": 16.0, "storage_gb": 100.0,
+             "max_tasks": max_tasks, **extra}
+    return master.register(facts, list(running))["session"]
+
+
+def noop(**fields):
+    return {"kind": "noop", **fields}
+
+
+def fetch(master, name, session):
+    return master.fetch(name, session, wait_s=0)
+
+
+def test_big_task_waits_with_reason_and_starts_when_a_big_worker_joins(master):
+    s1 = worker(master, "worker-1", cores=4.0)
+    (big,) = master.submit([noop(resources={"cpu_cores": 8})])
+    assert big.state is S.QUEUED
+    view = master.view(big)
+    assert "worker-1: Insufficient CPU: worker has 4.00 available, task requires 8.00" in view["reason"]
+    why = master.why(big.id)
+    assert why["workers"] == {"worker-1": "Insufficient CPU: worker has 4.00 available, task requires 8.00"}
+    assert fetch(master, "worker-1", s1) == []
+    s2 = worker(master, "worker-2", cores=16.0)  # no tick: registration triggers placement
+    assert big.state is S.ASSIGNED and big.worker == "worker-2" and big.attempt == 1
+    (assignment,) = fetch(master, "worker-2", s2)
+    assert assignment["assign"]["id"] == big.id and assignment["assign"]["attempt"] == 1
+
+
+def test_full_lifecycle_releases_the_reservation(master):
+    s = worker(master, "w", cores=2.0, max_tasks=1)
+    a, b = master.submit([noop(), noop()])
+    assert (a.state, b.state) == (S.ASSIGNED, S.QUEUED)
+    assert master.report("w", s, [{"task": a.id, "attempt": 1, "state": "running"}]) == []
+    assert a.state is S.RUNNING
+    master.report("w", s, [{"task": a.id, "attempt": 1, "state": "completed", "result": {"exit_code": 0}}])
+    assert a.state is S.COMPLETED and a.result == {"exit_code": 0}
+    assert b.state is S.ASSIGNED  # completion triggers placement at once
+    assert [e.dst for e in master.story(a.id)] == ["queued", "assigned", "running", "completed"]
+
+
+def test_stale_attempt_is_refused(master, clock):
+    s = worker(master, "w1")
+    (task,) = master.submit([noop(retry_backoff_s=0)])
+    clock.now += 11  # w1 misses its lease
+    master.tick()
+    assert task.state is S.QUEUED and task.attempt == 1
+    s2 = worker(master, "w2")
+    assert task.worker == "w2" and task.attempt == 2
+    with pytest.raises(NotFoundError):  # w1's session is over
+        master.report("w1", s, [{"task": task.id, "attempt": 1, "state": "completed"}])
+    s1 = worker(master, "w1", running=[(task.id, 1)])
+    assert master.report("w1", s1, [{"task": task.id, "attempt": 1, "state": "completed"}]) == [task.id]
+    assert task.state is S.ASSIGNED
+    assert master.report("w2", s2, [{"task": task.id, "attempt": 2, "state": "completed"}]) == []
+    assert task.state is S.COMPLETED
+
+
+def test_lost_worker_requeues_with_backoff_then_dead(master, clock):
+    worker(master, "w1")
+    (task,) = master.submit([noop(max_retries=1, retry_backoff_s=5)])
+    clock.now += 11
+    master.tick()
+    assert task.state is S.RETRYING and task.tried_workers == ["w1"]
+    assert 4.0 <= task.not_before - clock.now <= 6.0  # 5 s +/- 20 % jitter
+    assert master.workers["w1"].to_dict()["status"] == "offline"
+    clock.now += 6
+    worker(master, "w2")
+    master.tick()
+    assert task.state is S.ASSIGNED and task.attempt == 2 and task.worker == "w2"
+    clock.now += 11
+    master.tick()
+    assert task.state is S.DEAD and "no retries left after 2 attempts" in master.story(task.id)[-1].reason
+
+
+def test_readoption_after_master_restart(clock):
+    first = Master(config=MasterConfig(lease_s=10.0), clock=clock)
+    s = worker(first, "w1")
+    a, b = first.submit([noop(), noop()])
+    first.report("w1", s, [{"task": a.id, "attempt": 1, "state": "running"}])
+    records = [t.to_dict() for t in first.tasks.values()]
+    second = Master(config=MasterConfig(lease_s=10.0), clock=clock)
+    second.restore(records, [])
+    reply = second.register({"name": "w1", "cpu_cores": 4.0, "mem_gb": 16.0, "max_tasks": 4},
+                            [(a.id, 1), ("t999", 1)])
+    assert reply["stop"] == ["t999"]
+    a2, b2 = second.tasks[a.id], second.tasks[b.id]
+    assert a2.state is S.RUNNING and a2.attempt == 1  # re-adopted, not run twice
+    assert b2.state is S.RETRYING or b2.state is S.ASSIGNED  # w1 did not report it: lost, retried
+    assert b2.attempt >= 1 and b2.last_error and "restarted without it" in b2.last_error
+    assert set(second.workers["w1"].ledger.bookings) >= {a.id}
+
+
+def test_cancel_running_keeps_reservation_until_worker_confirms(master):
+    s = worker(master, "w", max_tasks=1)
+    a, b = master.submit([noop(), noop()])
+    master.cancel(a.id)
+    assert a.state is S.CANCELLED and b.state is S.QUEUED
+    assert fetch(master, "w", s)[-1] == {"cancel": a.id, "attempt": 1}
+    master.report("w", s, [{"task": a.id, "attempt": 1, "state": "cancelled"}])
+    assert b.state is S.ASSIGNED
+    with pytest.raises(ValidationError, match="already cancelled"):
+        master.cancel(a.id)
+
+
+def test_quarantine_after_consecutive_failures(master):
+    s = worker(master, "w", max_tasks=1)
+    tasks = master.submit([noop(max_retries=0) for _ in range(4)])
+    for t in tasks[:3]:
+        master.report("w", s, [{"task": t.id, "attempt": 1, "state": "failed", "result": {"error": "boom"}}])
+        assert t.state is S.DEAD and t.last_error == "boom"
+    assert master.workers["w"].to_dict()["status"] == "quarantined"
+    assert tasks[3].state is S.QUEUED
+
+
+def test_named_lock_serialises_across_workers(master):
+    s1, s2 = worker(master, "w1"), worker(master, "w2")
+    a, b = master.submit([noop(locks=["model"]), noop(locks=["model"])])
+    assert a.state is S.ASSIGNED and b.state is S.QUEUED
+    assert "Lock model is held by " + a.id in master.view(b)["reason"]
+    session = {"w1": s1, "w2": s2}[a.worker]
+    master.report(a.worker, session, [{"task": a.id, "attempt": 1, "state": "completed"}])
+    assert b.state is S.ASSIGNED
+
+
+def test_batch_submit_is_all_or_nothing(master):
+    with pytest.raises(ValidationError, match="task 2 of 2: unknown task kind"):
+        master.submit([noop(), {"kind": "bogus"}])
+    assert master.tasks == {}
+
+
+def test_queue_limit(clock):
+    small = Master(config=MasterConfig(max_queued=2), clock=clock)
+    small.submit([noop(), noop()])
+    with pytest.raises(QueueFullError, match="queue is full: 2 queued, limit 2"):
+        small.submit([noop()])
+
+
+def test_ttl_expiry_and_timeout(master, clock):
+    s = worker(master, "w", max_tasks=1)
+    running, waiting = master.submit([noop(timeout_s=30, max_retries=0), noop(ttl_s=5)])
+    master.report("w", s, [{"task": running.id, "attempt": 1, "state": "running"}])
+    clock.now += 6
+    master.heartbeat("w", {})
+    master.tick()
+    assert waiting.state is S.FAILED and "expired after waiting 5s" in waiting.last_error
+    clock.now += 30
+    master.heartbeat("w", {})
+    master.tick()
+    assert running.state is S.DEAD and "ran past its timeout of 30s" in running.last_error
+    assert fetch(master, "w", s)[-1] == {"cancel": running.id, "attempt": 1}

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cloudq.errors import ValidationError
+from cloudq.model import LockSpec, Priority, QueueClass, Task, TaskState, new_task, parse_request
+
+
+def test_defaults_and_round_trip():
+    task = new_task({"kind": "noop", "locks": ["model-x:2"], "labels": "zone=eu,gpu=a100"},
+                    task_id="t1", seq=1, now=5.0)
+    assert task.queue is QueueClass.DEFAULT and task.priority is Priority.MEDIUM
+    assert task.locks == (LockSpec("model-x", 2),)
+    assert task.labels == {"zone": "eu", "gpu": "a100"}
+    again = Task.from_dict(task.to_dict())
+    assert again == task and again.state is TaskState.PENDING
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"kind": "nope"}, "unknown task kind 'nope'"),
+        ({"kind": "noop", "queue": "urgent"}, "unknown queue class 'urgent'"),
+        ({"kind": "noop", "priority": 3}, "unknown priority 3"),
+        ({"kind": "noop", "resources": {"cpu_cores": -1}}, "cpu_cores must be between 0 and"),
+        ({"kind": "noop", "resources": {"mem_gb": math.nan}}, "mem_gb must be finite"),
+        ({"kind": "noop", "resources": {"gpus": 1.5}}, "gpus must be a whole number"),
+        ({"kind": "noop", "resources": {"gpus": True}}, "gpus must be a number"),
+        ({"kind": "noop", "resources": {"cores": 2}}, "unknown resources field(s): cores"),
+        ({"kind": "noop", "max_retries": -1}, "max_retries must be between"),
+        ({"kind": "noop", "timeout_s": 0}, "timeout_s must be greater than 0"),
+        ({"kind": "noop", "ttl_s": "soon"}, "ttl_s must be a number"),
+        ({"kind": "noop", "locks": ["a:0"]}, "holders must be between 1"),
+        ({"kind": "noop", "locks": ["a", "a"]}, "lock names repeat"),
+        ({"kind": "noop", "locks": ["bad name"]}, "lock name must be"),
+        ({"kind": "noop", "labels": "novalue"}, "must be written k=v"),
+        ({"kind": "noop", "target_worker": "-rf"}, "target worker must be"),
+        ({"kind": "noop", "colour": "red"}, "unknown task field(s): colour"),
+        ({"kind": "container", "spec": {"image": ""}}, "image"),
+        ("not an object", "a task must be an object"),
+    ],
+)
+def test_bad_fields_are_refused_with_a_clear_message(raw, message):
+    with pytest.raises(ValidationError) as err:
+        parse_request(raw)
+    assert message in str(err.value)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from cloudq.errors import TransitionError
+from cloudq.model import Task, TaskState
+from cloudq.transitions import ALLOWED, EventLog, can_move, move
+
+S = TaskState
+
+
+def make_task() -> Task:
+    return Task(id="t1", kind="noop", spec={})
+
+
+def test_happy_path_writes_one_event_per_move():
+    task, log = make_task(), EventLog(100)
+    for dst, now in ((S.QUEUED, 1.0), (S.ASSIGNED, 2.0), (S.RUNNING, 3.0), (S.COMPLETED, 4.0)):
+        log.add(move(task, dst, now=now))
+    assert task.state is S.COMPLETED and task.updated_at == 4.0
+    story = log.story("t1")
+    assert [(e.src, e.dst) for e in story] == [
+        ("pending", "queued"), ("queued", "assigned"), ("assigned", "running"), ("running", "completed"),
+    ]
+    assert story[-1].reason == "finished successfully" and story[-1].time == 4.0
+
+
+def test_illegal_move_names_task_and_history():
+    task, log = make_task(), EventLog(100)
+    log.add(move(task, S.QUEUED, now=1.0, reason="submitted"))
+    with pytest.raises(TransitionError) as err:
+        move(task, S.COMPLETED, now=2.0, history=log.story("t1"))
+    assert "task t1 cannot move from queued to completed" in str(err.value)
+    assert "pending -> queued" in str(err.value) and "submitted" in str(err.value)
+    assert task.state is S.QUEUED  # unchanged
+
+
+def test_final_states_have_no_way_out_but_operator_retry():
+    for final in (S.COMPLETED, S.FAILED, S.CANCELLED, S.DEAD):
+        exits = {dst for (src, dst) in ALLOWED if src is final}
+        assert exits <= {S.QUEUED}
+    assert not any(src is S.COMPLETED for (src, _) in ALLOWED)
+
+
+@pytest.mark.parametrize("src", list(S))
+@pytest.mark.parametrize("dst", list(S))
+def test_every_pair_is_either_allowed_or_refused(src, dst):
+    task = make_task()
+    task.state = src
+    if can_move(src, dst):
+        assert move(task, dst, now=1.0).dst == dst.value
+    else:
+        with pytest.raises(TransitionError):
+            move(task, dst, now=1.0)
+
+
+def test_event_log_is_bounded():
+    log, task = EventLog(retention=3, per_task=2), make_task()
+    for i in range(5):
+        task.state = S.QUEUED
+        log.add(move(task, S.HELD, now=float(i)))
+    assert len(log) == 3 and len(log.story("t1")) == 2
