@@ -1,0 +1,1 @@
+"""The worker side of cloudq: resource probes and the runners that execute tasks."""

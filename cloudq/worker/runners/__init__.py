@@ -1,0 +1,57 @@
+"""Runners: run one task for real (FFmpeg, a container, an argv command, or nothing).
+
+run_task is the one entry point: it validates the spec again (the worker does not trust what
+came over the wire), picks the runner for the kind, and turns every task-level problem into a
+RunResult. Only programming errors raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from cloudq.errors import RunnerError, SpecError
+from cloudq.specs import validate_spec
+from cloudq.worker.runners import container, exec, ffmpeg, noop
+from cloudq.worker.runners.base import (
+    LOG_NAME,
+    RunContext,
+    RunResult,
+    RunStatus,
+    refused,
+    tail_log,
+)
+from cloudq.worker.runners.capabilities import capability_set, detect_capabilities
+
+RUNNERS: dict[str, Callable[[RunContext], RunResult]] = {
+    "ffmpeg": ffmpeg.run,
+    "container": container.run,
+    "exec": exec.run,
+    "noop": noop.run,
+}
+
+__all__ = [
+    "LOG_NAME",
+    "RunContext",
+    "RunResult",
+    "RunStatus",
+    "capability_set",
+    "detect_capabilities",
+    "run_task",
+    "tail_log",
+]
+
+
+def run_task(ctx: RunContext) -> RunResult:
+    """Run the task described by `ctx` to its end (completed, failed, cancelled, timed out)."""
+    started = time.monotonic()
+    try:
+        spec = validate_spec(ctx.kind, ctx.spec)
+    except SpecError as exc:
+        return refused(started, f"spec refused: {exc}")
+    ctx = dataclasses.replace(ctx, spec=spec)
+    try:
+        return RUNNERS[ctx.kind](ctx)
+    except RunnerError as exc:
+        return refused(started, str(exc))

@@ -1,0 +1,129 @@
+"""What every runner takes (RunContext) and gives back (RunResult), and the task log.
+
+A runner never raises for a task-level problem: a bad path, a missing image, a crash of the
+task, a timeout or a cancel all come back as a RunResult with a one-line error. Only bugs raise.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "task.log"
+LOG_TAIL_BYTES = 8192
+
+
+class RunStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+def _ignore_progress(_: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class RunContext:
+    task_id: str
+    attempt: int
+    kind: str
+    spec: dict[str, Any]  # already validated by validate_spec; the runner validates again
+    resources: dict[str, Any]  # cpu_cores, mem_gb, storage_gb, gpus, gpu_mem_gb
+    work_dir: Path  # created by the caller, this task's alone
+    timeout_s: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    on_progress: Callable[[dict[str, Any]], None] = _ignore_progress
+    gpu_indices: list[int] = field(default_factory=list)
+    input_roots: list[Path] = field(default_factory=list)  # where ffmpeg inputs may come from
+    allow_pull: bool = False
+    worker_name: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / LOG_NAME
+
+    @property
+    def worker_label(self) -> str:
+        return self.worker_name or "this worker"
+
+    def deadline(self, started: float) -> float | None:
+        """The monotonic time at which the task is timed out, or None for no limit."""
+        return None if self.timeout_s is None else started + self.timeout_s
+
+
+@dataclass
+class RunResult:
+    status: str
+    exit_code: int | None
+    duration_s: float
+    error: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.COMPLETED
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only, ready to cross the RPC boundary as JSON."""
+        return {
+            "status": str(self.status),
+            "exit_code": self.exit_code,
+            "duration_s": self.duration_s,
+            "error": self.error,
+            "output": dict(self.output),
+            "log_tail": self.log_tail,
+        }
+
+
+def refused(started: float, error: str) -> RunResult:
+    """A task turned down before anything ran: no process, no container, no log."""
+    return RunResult(
+        status=RunStatus.FAILED,
+        exit_code=None,
+        duration_s=time.monotonic() - started,
+        error=one_line(error),
+    )
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Errors travel as one line: the operator reads them in a table."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def tail_log(work_dir: Path | str, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The last `max_bytes` of the task's log (whole lines where possible), or "" if none."""
+    path = Path(work_dir) / LOG_NAME
+    try:
+        with open(path, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            start = max(0, size - max_bytes)
+            log.seek(start)
+            data = log.read(max_bytes)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return ""
+    if start > 0:
+        newline = data.find(b"\n")
+        if 0 <= newline < len(data) - 1:
+            data = data[newline + 1 :]  # drop the cut-off first line
+    return data.decode("utf-8", errors="replace")
+
+
+def open_log(ctx: RunContext):
+    """Open a fresh task.log, refusing to follow a symlink planted in its place.
+
+    O_APPEND so that the task's processes, which share the descriptor, never overwrite each
+    other; truncated because the log belongs to this run only.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(ctx.log_path, flags, 0o644)
+    return os.fdopen(fd, "ab", buffering=0)

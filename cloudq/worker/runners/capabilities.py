@@ -1,0 +1,90 @@
+"""What this worker can run: FFmpeg and its encoders, a Docker engine; and the capability
+strings (as required_capabilities returns them) that the master matches tasks against.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+from typing import Any
+
+from cloudq.specs.scenarios import AV1_ENCODERS, KNOWN_ENCODERS
+
+PROBE_TIMEOUT_S = 10.0
+_ENCODER_LINE = re.compile(r"^\s*V\S{5}\s+(\S+)\s", re.MULTILINE)
+
+_lock = threading.Lock()
+_cached: dict[str, Any] | None = None
+
+
+def detect_capabilities(refresh: bool = False) -> dict[str, Any]:
+    """{"ffmpeg": bool, "encoders": [...], "docker": bool, "docker_error": str | None}.
+
+    Cached for the process (a few hundred ms of probing); refresh=True probes again, e.g. after
+    the Docker engine came back.
+    """
+    global _cached
+    with _lock:
+        if _cached is None or refresh:
+            docker_ok, docker_error = _docker_status()
+            encoders = _ffmpeg_encoders()
+            _cached = {
+                "ffmpeg": encoders is not None,
+                "encoders": encoders or [],
+                "docker": docker_ok,
+                "docker_error": docker_error,
+            }
+        return {**_cached, "encoders": list(_cached["encoders"])}
+
+
+def capability_set(caps: dict[str, Any], gpus: int) -> frozenset[str]:
+    """The strings that required_capabilities() asks for, from detect_capabilities() output."""
+    have: set[str] = set()
+    if caps.get("ffmpeg"):
+        have.add("ffmpeg")
+        encoders = set(caps.get("encoders") or [])
+        have.update(f"encoder:{name}" for name in encoders)
+        if encoders & set(AV1_ENCODERS):
+            have.add("encoder:av1")  # either AV1 encoder will do; the runner picks one
+    if caps.get("docker"):
+        have.add("docker")
+    if gpus > 0:
+        have.add("gpu")
+    return frozenset(have)
+
+
+def _ffmpeg_encoders() -> list[str] | None:
+    """The scenario encoders this FFmpeg build has, or None when FFmpeg/ffprobe are missing."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None or shutil.which("ffprobe") is None:
+        return None
+    try:
+        done = subprocess.run(
+            [ffmpeg, "-hide_banner", "-nostdin", "-encoders"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    listed = set(_ENCODER_LINE.findall(done.stdout.decode("utf-8", "replace")))
+    return [name for name in KNOWN_ENCODERS if name in listed]
+
+
+def _docker_status() -> tuple[bool, str | None]:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=PROBE_TIMEOUT_S)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # no SDK, no socket, engine down, permission denied
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, None

@@ -1,0 +1,269 @@
+"""The container runner: one task, one container, through the Docker Engine API.
+
+Limits come from the task's resources (nano_cpus, mem_limit = memswap_limit, pids_limit), GPUs
+only through device_requests, no network unless the spec asks, no privileges, every capability
+dropped, no-new-privileges. A missing image fails at once unless pulling is allowed: the engine
+would otherwise try a pull that, without network, is a slow error. Logs stream into task.log
+while the container runs; the container is removed afterwards whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+
+from cloudq.errors import RunnerError
+from cloudq.worker.runners.base import (
+    RunContext,
+    RunResult,
+    RunStatus,
+    one_line,
+    open_log,
+    tail_log,
+)
+from cloudq.worker.runners.process import POLL_S
+
+TASK_LABEL = "cloudq.task"
+PIDS_LIMIT = 512  # enough for real work, too few for a fork bomb to hurt the host
+API_TIMEOUT_S = 30
+LOG_JOIN_S = 5.0
+MIB = 1024**2
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: RunContext) -> RunResult:
+    started = time.monotonic()
+    try:
+        client = docker.from_env(timeout=API_TIMEOUT_S)
+    except DockerException as exc:
+        raise RunnerError(f"no Docker engine on {ctx.worker_label}: {exc}") from None
+    try:
+        image = ensure_image(client, ctx)
+        if image is None:
+            return _finished(ctx, RunStatus.CANCELLED, None, started, "cancelled while pulling")
+        container = _create(client, ctx)
+        try:
+            return _run(ctx, container, image, started)
+        finally:
+            _remove(container)
+    finally:
+        client.close()
+
+
+def ensure_image(client: docker.DockerClient, ctx: RunContext) -> Any | None:
+    """The image, pulled first only if allowed; None if cancelled while pulling."""
+    ref = ctx.spec["image"]
+    try:
+        return client.images.get(ref)
+    except ImageNotFound:
+        if not ctx.allow_pull:
+            raise RunnerError(f"image {ref} is not present on {ctx.worker_label}") from None
+    except APIError as exc:
+        raise RunnerError(f"image {ref} cannot be used: {_explain(exc)}") from None
+    return _pull(client, ref, ctx)
+
+
+def _pull(client: docker.DockerClient, ref: str, ctx: RunContext) -> Any | None:
+    # Pulls can take minutes; run it aside so that a cancel is still answered at once.
+    outcome: dict[str, Any] = {}
+
+    def pull() -> None:
+        try:
+            outcome["image"] = client.images.pull(ref)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=pull, name=f"pull-{ctx.task_id}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if ctx.cancel.wait(POLL_S):
+            return None
+    if "error" in outcome:
+        raise RunnerError(f"image {ref} could not be pulled: {_explain(outcome['error'])}")
+    return outcome["image"]
+
+
+def container_options(ctx: RunContext) -> dict[str, Any]:
+    """Arguments for containers.create: the spec's choices inside the worker's fixed limits."""
+    spec, res = ctx.spec, ctx.resources
+    env = dict(spec["env"])
+    env.update({"CLOUDQ_TASK_ID": ctx.task_id, "CLOUDQ_ATTEMPT": str(ctx.attempt)})
+    options: dict[str, Any] = {
+        "image": spec["image"],
+        "command": spec["command"],
+        "environment": env,
+        "working_dir": spec["workdir"],
+        "labels": {
+            TASK_LABEL: ctx.task_id,
+            "cloudq.attempt": str(ctx.attempt),
+            "cloudq.worker": ctx.worker_name,
+        },
+        "network_mode": None if spec["network"] else "none",  # None: the default bridge
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": PIDS_LIMIT,
+        "stdin_open": False,
+        "tty": False,
+    }
+    cpu = float(res.get("cpu_cores") or 0)
+    if cpu > 0:
+        options["nano_cpus"] = int(cpu * 1e9)
+    mem = memory_limit(ctx)
+    if mem:
+        options["mem_limit"] = mem
+        options["memswap_limit"] = mem  # the same: no swap beyond the limit
+    if ctx.gpu_indices:
+        ids = [str(i) for i in ctx.gpu_indices]
+        options["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+    return options
+
+
+def memory_limit(ctx: RunContext) -> int | None:
+    mem_gb = float(ctx.resources.get("mem_gb") or 0)
+    return int(mem_gb * 1024**3) if mem_gb > 0 else None
+
+
+def _create(client: docker.DockerClient, ctx: RunContext) -> Any:
+    try:
+        return client.containers.create(**container_options(ctx))
+    except APIError as exc:
+        raise RunnerError(f"container could not be created: {_explain(exc)}") from None
+
+
+def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResult:
+    output = {"image": ctx.spec["image"], "image_id": image.id, "container_id": container.id}
+    if ctx.cancel.is_set():
+        return _finished(ctx, RunStatus.CANCELLED, None, started, "cancelled", output)
+    with open_log(ctx) as task_log:
+        try:
+            container.start()
+        except APIError as exc:
+            task_log.write(f"cloudq: container could not start: {_explain(exc)}\n".encode())
+            return _finished(ctx, RunStatus.FAILED, _exit_code(container), started,
+                             f"container could not start: {_explain(exc)}", output)  # fmt: skip
+        logs = threading.Thread(target=_copy_logs, args=(container, task_log), daemon=True)
+        logs.start()
+        stopped = _wait(ctx, container, started)
+        logs.join(LOG_JOIN_S)
+    state = _state(container)
+    status, error = _judge(ctx, stopped, state)
+    return _finished(ctx, status, state.get("ExitCode"), started, error, output)
+
+
+def _wait(ctx: RunContext, container: Any, started: float) -> RunStatus | None:
+    """Wait for the container to exit; kill it on cancel or timeout and say which."""
+    exited = threading.Event()
+
+    def wait_for_exit() -> None:
+        try:
+            container.wait(timeout=None)
+        except Exception as exc:  # the engine went away: stop waiting, judge from state
+            log.warning("waiting for container %s failed: %s", container.id[:12], exc)
+        finally:
+            exited.set()
+
+    threading.Thread(target=wait_for_exit, name=f"wait-{ctx.task_id}", daemon=True).start()
+    deadline = ctx.deadline(started)
+    while not exited.wait(POLL_S):
+        stopped = None
+        if ctx.cancel.is_set():
+            stopped = RunStatus.CANCELLED
+        elif deadline is not None and time.monotonic() >= deadline:
+            stopped = RunStatus.TIMED_OUT
+        if stopped is not None:
+            _kill(container)
+            exited.wait(LOG_JOIN_S)
+            return stopped
+    return None
+
+
+def _judge(
+    ctx: RunContext, stopped: RunStatus | None, state: dict[str, Any]
+) -> tuple[RunStatus, str | None]:
+    code = state.get("ExitCode")
+    if stopped == RunStatus.CANCELLED:
+        return stopped, "cancelled: the container was killed"
+    if stopped == RunStatus.TIMED_OUT:
+        return stopped, f"timed out after {ctx.timeout_s:g} s: the container was killed"
+    limit = memory_limit(ctx)
+    if state.get("OOMKilled"):
+        shown = f" ({limit // MIB} MiB)" if limit else ""
+        return RunStatus.FAILED, f"memory limit exceeded{shown}: the container was OOM-killed"
+    if code == 0:
+        return RunStatus.COMPLETED, None
+    if code == 137:
+        return RunStatus.FAILED, "killed by SIGKILL (exit code 137), probably out of memory"
+    if code is None or state.get("Error"):
+        return RunStatus.FAILED, f"container failed: {state.get('Error') or 'no exit code'}"
+    return RunStatus.FAILED, f"container exited with code {code}"
+
+
+def _copy_logs(container: Any, task_log: Any) -> None:
+    try:
+        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            task_log.write(chunk)
+    except Exception as exc:  # the log is a convenience; losing it must not fail the task
+        log.warning("log stream of container %s ended: %s", container.id[:12], exc)
+
+
+def _state(container: Any) -> dict[str, Any]:
+    try:
+        container.reload()
+    except (APIError, NotFound) as exc:
+        return {"Error": f"container state unavailable: {_explain(exc)}"}
+    return dict(container.attrs.get("State") or {})
+
+
+def _exit_code(container: Any) -> int | None:
+    code = _state(container).get("ExitCode")
+    return code if code else None
+
+
+def _kill(container: Any) -> None:
+    with contextlib.suppress(APIError):  # it may have exited on its own meanwhile
+        container.kill()
+
+
+def _remove(container: Any) -> None:
+    """Remove the container and its anonymous volumes; retried once, then logged."""
+    for attempt in (1, 2):
+        try:
+            container.remove(force=True, v=True)
+            return
+        except NotFound:
+            return
+        except APIError as exc:
+            if attempt == 2:
+                log.error("container %s was not removed: %s", container.id[:12], exc)
+
+
+def _finished(
+    ctx: RunContext,
+    status: RunStatus,
+    exit_code: int | None,
+    started: float,
+    error: str | None,
+    output: dict[str, Any] | None = None,
+) -> RunResult:
+    return RunResult(
+        status=status,
+        exit_code=exit_code,
+        duration_s=time.monotonic() - started,
+        error=one_line(error) if error else None,
+        output=output or {},
+        log_tail=tail_log(ctx.work_dir),
+    )
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return one_line(str(explanation or exc), 300)

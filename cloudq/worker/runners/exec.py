@@ -1,0 +1,95 @@
+"""The exec runner: an argv list run in the task directory as its own process group.
+
+No shell is involved, so the argv items reach the program exactly as written. The environment
+starts small (PATH, HOME, LANG) rather than inheriting the worker's, so the worker's own
+settings and secrets do not leak into tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cloudq.errors import RunnerError
+from cloudq.worker.runners.base import RunContext, RunResult, RunStatus, open_log, refused, tail_log
+from cloudq.worker.runners.paths import task_subdir
+from cloudq.worker.runners.process import Outcome, start, supervise
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def run(ctx: RunContext) -> RunResult:
+    started = time.monotonic()
+    spec = ctx.spec
+    try:
+        cwd = task_subdir(ctx.work_dir, spec["cwd"])
+    except RunnerError as exc:
+        return refused(started, str(exc))
+    with open_log(ctx) as log:
+        try:
+            proc = start(spec["argv"], cwd=cwd, env=task_env(ctx), stdout=log, stderr=log)
+        except OSError as exc:
+            return _not_started(ctx, started, spec["argv"][0], exc, log)
+    outcome = supervise(proc, ctx, started)
+    return RunResult(
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        duration_s=outcome.duration_s,
+        error=describe_outcome(outcome, ctx.timeout_s),
+        output={},
+        log_tail=tail_log(ctx.work_dir),
+    )
+
+
+def task_env(ctx: RunContext) -> dict[str, str]:
+    """Minimal base, then the spec's variables, then what cloudq tells every task."""
+    env = {
+        "PATH": os.environ.get("PATH", DEFAULT_PATH),
+        "HOME": str(ctx.work_dir),
+        "LANG": "C.UTF-8",
+    }
+    env.update(ctx.spec.get("env") or {})
+    env.update(
+        {
+            "CLOUDQ_TASK_ID": ctx.task_id,
+            "CLOUDQ_ATTEMPT": str(ctx.attempt),
+            "CLOUDQ_WORK_DIR": str(ctx.work_dir),
+            # A task sees only the GPUs it was given (none when it asked for none).
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ctx.gpu_indices),
+        }
+    )
+    return env
+
+
+def describe_outcome(outcome: Outcome, timeout_s: float | None) -> str | None:
+    """The one-line error for a process outcome; None when it completed."""
+    match outcome.status:
+        case RunStatus.COMPLETED:
+            return None
+        case RunStatus.CANCELLED:
+            return "cancelled: the process group was killed"
+        case RunStatus.TIMED_OUT:
+            return f"timed out after {timeout_s:g} s: the process group was killed"
+    code = outcome.exit_code
+    if code is not None and code > 128:
+        return f"killed by signal {code - 128} (exit code {code})"
+    return f"exited with code {code}"
+
+
+def _not_started(
+    ctx: RunContext, started: float, program: str, exc: OSError, log: Any
+) -> RunResult:
+    # 127 / 126 as a shell would say: not found / found but not runnable.
+    code = 127 if exc.errno == errno.ENOENT else 126
+    message = f"cannot run {program!r}: {exc.strerror or exc}"
+    log.write(f"cloudq: {message}\n".encode())
+    return RunResult(
+        status=RunStatus.FAILED,
+        exit_code=code,
+        duration_s=time.monotonic() - started,
+        error=message,
+        log_tail=tail_log(Path(ctx.work_dir)),
+    )

@@ -1,0 +1,118 @@
+"""Run a local process as its own process group, and make sure all of it ends.
+
+The task's process leads a new session (so a new process group): cancel and timeout signal the
+whole group, SIGTERM first and SIGKILL after a short grace. When the leader exits, the group is
+SIGKILLed once more so that no background child outlives its task. The leader is not reaped
+until then (waitid with WNOWAIT), so its id, which is also the group id, cannot be reused by an
+unrelated process in between.
+
+A process that leaves the group on purpose (setsid, double fork into a new session) is beyond
+reach of this; tasks that need full confinement should use the container kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cloudq.worker.runners.base import RunContext, RunStatus
+
+KILL_GRACE_S = 2.0  # SIGTERM to SIGKILL; cancel must end everything within 5 s
+POLL_S = 0.1  # how often cancel and the deadline are looked at while the task runs
+
+
+@dataclass
+class Outcome:
+    status: RunStatus  # COMPLETED if it exited 0, FAILED if not; or CANCELLED / TIMED_OUT
+    exit_code: int | None  # shell convention: 128 + n when killed by signal n
+    duration_s: float
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdout: IO[Any] | int,
+    stderr: IO[Any] | int,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start argv (never through a shell) as the leader of a new session."""
+    return subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=tuple(pass_fds),
+        close_fds=True,
+        start_new_session=True,
+    )
+
+
+def supervise(proc: subprocess.Popen[bytes], ctx: RunContext, started: float) -> Outcome:
+    """Wait for the process, enforcing cancel and timeout; returns once the group is gone."""
+    exited = _exit_event(proc.pid)
+    deadline = ctx.deadline(started)
+    stopped: RunStatus | None = None
+    while not exited.wait(_slice(deadline)):
+        if ctx.cancel.is_set():
+            stopped = RunStatus.CANCELLED
+        elif deadline is not None and time.monotonic() >= deadline:
+            stopped = RunStatus.TIMED_OUT
+        if stopped is not None:
+            terminate_group(proc.pid, exited)
+            break
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left behind
+    code = _shell_code(proc.wait())
+    if stopped is None:
+        stopped = RunStatus.COMPLETED if code == 0 else RunStatus.FAILED
+    return Outcome(stopped, code, time.monotonic() - started)
+
+
+def terminate_group(pgid: int, exited: threading.Event) -> None:
+    """SIGTERM the group, give it KILL_GRACE_S to leave, then SIGKILL it."""
+    _signal_group(pgid, signal.SIGTERM)
+    if not exited.wait(KILL_GRACE_S):
+        _signal_group(pgid, signal.SIGKILL)
+        exited.wait(KILL_GRACE_S)
+
+
+def _exit_event(pid: int) -> threading.Event:
+    """An event set when `pid` exits, leaving it unreaped (a zombie) for proc.wait()."""
+    exited = threading.Event()
+
+    def wait_for_exit() -> None:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # already reaped: it has exited either way
+        finally:
+            exited.set()
+
+    threading.Thread(target=wait_for_exit, name=f"exit-{pid}", daemon=True).start()
+    return exited
+
+
+def _slice(deadline: float | None) -> float:
+    if deadline is None:
+        return POLL_S
+    return max(0.0, min(POLL_S, deadline - time.monotonic()))
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # nobody left in the group
+        os.killpg(pgid, sig)
+
+
+def _shell_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
