@@ -76,6 +76,8 @@ class Master:
         self._pending: list[tuple] = []  # journal changes of the operation in progress
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
         self._capabilities: dict[str, frozenset[str]] = {}
+        self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
+        self.started_at = clock()
 
     # ------------------------------------------------------------------ loading
     def restore(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]]) -> None:
@@ -247,15 +249,18 @@ class Master:
         if task.state is S.ASSIGNED and report.get("state") in ("running", *_OUTCOMES):
             task.started_at = report.get("started_at") or now
             self._move(task, S.RUNNING, now, f"started on {record.name}")
-        if "progress" in report:
+        if isinstance(report.get("progress"), dict):
             task.progress = report["progress"]
+        if isinstance(report.get("log_tail"), str):
+            self.live_logs[task.id] = report["log_tail"][-_LOG_TAIL_CHARS:]
         outcome = report.get("state")
         if outcome in _OUTCOMES:
             self._finish(record, task, outcome, report.get("result") or {}, now)
         return True
 
     def _finish(self, record: WorkerRecord, task: Task, outcome: str, result: dict, now: float) -> None:
-        task.result = result
+        task.result = result if isinstance(result, dict) else {}
+        self.live_logs.pop(task.id, None)
         task.finished_at = now
         self._release(task)
         if outcome == "completed":
@@ -413,6 +418,60 @@ class Master:
         with self._lock:
             return [self.tasks[i] for i in self.backlog.ordered()]
 
+    def listing(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Tasks for `queue`: one state, or everything unfinished in the order it is served."""
+        with self._lock:
+            if state == S.QUEUED.value:
+                chosen = [self.tasks[i] for i in itertools.islice(self.backlog.ordered(), limit)]
+            elif state:
+                chosen = [t for t in self.tasks.values() if t.state.value == state][-limit:]
+            else:
+                by_state: dict[TaskState, list[Task]] = {}
+                for task in self.tasks.values():
+                    if task.state in _UNFINISHED_ORDER and task.state is not S.QUEUED:
+                        by_state.setdefault(task.state, []).append(task)
+                by_state[S.QUEUED] = [self.tasks[i] for i in itertools.islice(self.backlog.ordered(), limit)]
+                chosen = [t for s in _UNFINISHED_ORDER for t in by_state.get(s, [])][:limit]
+            return [self.view(t) for t in chosen]
+
+    def log_tail(self, task_id: str) -> str:
+        with self._lock:
+            task = self.get(task_id)
+            live = self.live_logs.get(task_id)
+            return live if live is not None else str((task.result or {}).get("log_tail") or "")
+
+    def worker_views(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [w.to_dict() for w in sorted(self.workers.values(), key=lambda w: w.name)]
+
+    def release_worker(self, name: str) -> None:
+        with self._lock:
+            record = self.workers.get(name)
+            if record is None:
+                raise NotFoundError(f"no worker {name!r}")
+            if not record.quarantined:
+                raise ValidationError(f"worker {name} is not quarantined")
+            record.quarantined = False
+            record.consecutive_failures = 0
+            self._place(self.clock())
+            ticket = self._flush()
+        self.journal.wait(ticket)
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            workers: dict[str, int] = {}
+            for record in self.workers.values():
+                workers[record.status.value] = workers.get(record.status.value, 0) + 1
+            return {
+                "uptime_s": round(self.clock() - self.started_at, 1),
+                "queued": len(self.backlog),
+                "shapes": self.backlog.shapes(),
+                "strategy": self.scheduler.strategy,
+                "locks held": len(self.locks.snapshot()),
+                "tasks": self.counts(),
+                "workers": workers,
+            }
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             out = dict.fromkeys((s.value for s in S), 0)
@@ -483,6 +542,8 @@ class Master:
 
 
 _OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
+_UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
+_LOG_TAIL_CHARS = 8192
 
 
 def _overdue(task: Task, now: float) -> bool:

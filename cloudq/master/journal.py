@@ -6,7 +6,10 @@ applied; wait() is called after the lock is released, so concurrent operations s
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+from typing import Any, Protocol
+
+from cloudq.errors import StoreError
 
 
 class Journal(Protocol):
@@ -35,3 +38,56 @@ class NullJournal:
 
     def last_ticket(self) -> int:
         return self.changes
+
+
+class StoreJournal:
+    """Group commit on top of cloudq.store.Store.
+
+    enqueue() only buffers (it runs under the master lock, so the buffer is in apply order).
+    The first caller of wait() whose ticket is not yet durable becomes the writer: it takes
+    everything buffered so far, appends it to the store in one call (one fsync), and wakes the
+    others; callers that arrived meanwhile are covered by that write or lead the next one.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._cv = threading.Condition()
+        self._buffer: list[tuple] = []
+        self._issued = 0
+        self._durable = 0
+        self._writing = False
+        self._failure: BaseException | None = None
+        self.writes = 0
+
+    def enqueue(self, changes: list[tuple]) -> int:
+        with self._cv:
+            self._buffer.extend(changes)
+            self._issued += 1
+            return self._issued
+
+    def last_ticket(self) -> int:
+        return self._issued
+
+    def wait(self, ticket: int) -> None:
+        with self._cv:
+            while self._durable < ticket:
+                if self._failure is not None:
+                    raise StoreError(f"the journal cannot be written: {self._failure}")
+                if self._writing:
+                    self._cv.wait()
+                    continue
+                batch, upto = self._buffer, self._issued
+                self._buffer, self._writing = [], True
+                self._cv.release()
+                try:
+                    if batch:
+                        self.store.append(batch)
+                        self.writes += 1
+                except BaseException as err:
+                    self._failure = err  # memory is now ahead of disk: acknowledge nothing more
+                    raise
+                finally:
+                    self._cv.acquire()
+                    self._writing = False
+                    self._cv.notify_all()
+                self._durable = upto

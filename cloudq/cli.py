@@ -1,0 +1,170 @@
+"""`cloudq master | worker | certs | ctl`: flags, environment, then hand over to the process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cloudq import __version__, defaults
+from cloudq.errors import CloudqError
+
+
+def _env(name: str, default: object) -> object:
+    """CLOUDQ_<NAME> overrides a default; flags override both."""
+    return os.environ.get(f"CLOUDQ_{name.upper()}", default)
+
+
+def _master_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("master", help="run the master (shell, RPC endpoint, processor)")
+    p.add_argument("--bind", default=_env("bind", defaults.BIND), help="address to listen on")
+    p.add_argument("--port", type=int, default=int(_env("port", defaults.PORT)), help="RPC port (0: any free)")
+    p.add_argument("--data-dir", type=Path, default=Path(str(_env("data_dir", defaults.DATA_DIR))))
+    p.add_argument("--interval", type=float, default=defaults.PROCESSOR_INTERVAL_S,
+                   help="seconds between safety-net processor runs")
+    p.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", defaults.METRICS_PORT)),
+                   help="Prometheus endpoint port (0: off)")
+    p.add_argument("--local-workers", type=int, default=0, help="start N workers on this machine")
+    p.add_argument("--local-worker-args", default="", help="extra flags for local workers, one string")
+    p.add_argument("--no-shell", action="store_true", help="run as a service: log to stderr, stop on SIGTERM")
+    p.add_argument("--tls-dir", type=Path, help="cluster certificates (cloudq certs init)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without TLS")
+    p.add_argument("--lease", type=float, default=defaults.LEASE_S, help="seconds a silent worker keeps its tasks")
+    p.add_argument("--heartbeat", type=float, default=defaults.HEARTBEAT_S, help="seconds between worker heartbeats")
+    p.add_argument("--strategy", choices=("pack", "spread"), default=defaults.PLACEMENT_STRATEGY)
+    p.add_argument("--max-queued", type=int, default=defaults.MAX_QUEUED)
+    p.add_argument("--aging", type=float, default=defaults.AGING_S,
+                   help="seconds a blocked task waits before it reserves a worker")
+    p.add_argument("--quarantine-after", type=int, default=defaults.QUARANTINE_AFTER)
+
+
+def _worker_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a worker that connects to the master")
+    p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
+    p.add_argument("--name", default=None, help="worker name (default: host name)")
+    p.add_argument("--max-tasks", type=int, default=defaults.MAX_TASKS)
+    p.add_argument("--labels", default="", help="k=v,k2=v2")
+    p.add_argument("--cpu-cores", type=float, help="cores to offer (default: all)")
+    p.add_argument("--mem-gb", type=float, help="memory to offer (default: all)")
+    p.add_argument("--work-dir", type=Path, default=None, help="where task directories live")
+    p.add_argument("--tls-dir", type=Path)
+    p.add_argument("--allow-pull", action="store_true", help="pull missing container images")
+    p.add_argument("--input-root", action="append", type=Path, default=[],
+                   help="directory FFmpeg inputs may be read from (repeatable)")
+
+
+def _certs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certs", help="cluster CA and certificates")
+    certs = p.add_subparsers(dest="certs_command", required=True)
+    init = certs.add_parser("init", help="make a CA plus master, admin and worker certificates")
+    init.add_argument("dir", type=Path)
+    init.add_argument("--workers", default="", help="worker names, comma-separated")
+    init.add_argument("--hosts", default="", help="extra names/addresses of the master, comma-separated")
+    issue = certs.add_parser("issue", help="add a worker certificate to an existing CA")
+    issue.add_argument("dir", type=Path)
+    issue.add_argument("name")
+
+
+def _ctl_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ctl", help="run one operator command against a running master")
+    p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
+    p.add_argument("--tls-dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print the data as JSON")
+    p.add_argument("words", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloudq", description="A cluster task queue.")
+    parser.add_argument("--version", action="version", version=f"cloudq {__version__}")
+    parser.add_argument("--log-level", default=_env("log_level", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_master_parser, _worker_parser, _certs_parser, _ctl_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=str(args.log_level).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except CloudqError as err:
+        print(f"cloudq: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "master":
+        return _master(args)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "certs":
+        return _certs(args)
+    return _ctl(args)
+
+
+def _master(args: argparse.Namespace) -> int:
+    import shlex
+
+    from cloudq.master.app import MasterOptions, run_master
+    from cloudq.master.core import MasterConfig
+
+    config = MasterConfig(
+        processor_interval_s=args.interval, lease_s=args.lease, heartbeat_s=args.heartbeat,
+        max_queued=args.max_queued, strategy=args.strategy, aging_s=args.aging,
+        quarantine_after=args.quarantine_after,
+    )
+    if args.no_shell:
+        logging.getLogger().setLevel(logging.INFO)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)  # keep the prompt readable
+    return run_master(MasterOptions(
+        bind=args.bind, port=args.port, data_dir=args.data_dir, config=config,
+        metrics_port=args.metrics_port, local_workers=args.local_workers, shell=not args.no_shell,
+        tls_dir=args.tls_dir, insecure=args.insecure,
+        worker_args=tuple(shlex.split(args.local_worker_args)),
+    ))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import socket
+    import tempfile
+
+    from cloudq.model import check_name, parse_labels
+    from cloudq.worker.agent import WorkerOptions, run_worker
+
+    name = check_name("worker name", args.name or socket.gethostname())
+    if args.max_tasks < 1:
+        raise CloudqError("--max-tasks must be at least 1")
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
+    return run_worker(WorkerOptions(
+        master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
+        cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
+        allow_pull=args.allow_pull, input_roots=tuple(args.input_root),
+    ))
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cloudq.rpc import tls
+
+    if args.certs_command == "init":
+        workers = [w for w in args.workers.split(",") if w]
+        hosts = [h for h in args.hosts.split(",") if h] or ["localhost", "127.0.0.1"]
+        written = tls.init_cluster(args.dir, workers, hosts)
+    else:
+        written = tls.issue(args.dir, args.name)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from cloudq.ctl import run_ctl
+
+    words = [w for w in args.words if w != "--json"]
+    if not words:
+        raise CloudqError("ctl needs a command, e.g. `cloudq ctl status`")
+    return run_ctl(args.master, args.tls_dir, words, args.json or "--json" in args.words)

@@ -1,0 +1,129 @@
+"""Commands about tasks: task, submit, show, why, cancel, logs, queue."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command
+from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
+from cloudq.errors import ValidationError
+from cloudq.model import TaskState
+
+TASK_COLUMNS = ["id", "name", "kind", "state", "queue", "priority", "worker", "attempt", "reason"]
+ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")
+
+
+@command("task", "Submit one task: a container image, --scenario, --exec or --noop.",
+         arguments=add_task_arguments)
+def task_command(ctx: Context, args: argparse.Namespace) -> Result:
+    (task,) = ctx.master.submit([request_from_args(args)])
+    view = ctx.master.view(task)
+    return Result(title=f"Submitted {task.id}", status=_state_line(view), data=view)
+
+
+def _submit_arguments(parser: CommandParser) -> None:
+    parser.add_argument("file", help="one task per line: `task` arguments or a JSON object")
+
+
+@command("submit", "Submit every task in FILE in one batch; replies with their ids.",
+         file_args=("file",), arguments=_submit_arguments)
+def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
+    parser = COMMANDS["task"].parser
+    requests = []
+    for number, line in enumerate(ctx.read_file(args.file).splitlines(), start=1):
+        try:
+            request = parse_submit_line(line, parser)
+        except (ValidationError, ValueError) as err:
+            raise ValidationError(f"{args.file} line {number}: {err}") from None
+        if request is not None:
+            requests.append(request)
+    if not requests:
+        raise ValidationError(f"{args.file} has no tasks")
+    tasks = ctx.master.submit(requests)
+    views = [ctx.master.view(t) for t in tasks]
+    return Result(title=f"Submitted {len(tasks)} tasks", headers=["id", "name", "state", "worker"],
+                  rows=[[v["id"], v["name"], v["state"], v["worker"] or ""] for v in views],
+                  data=views)
+
+
+def _id_argument(parser: CommandParser) -> None:
+    parser.add_argument("id", help="task id, e.g. t42")
+
+
+@command("show", "Everything about one task, with its last events.", aliases=("info",),
+         arguments=_id_argument)
+def show_command(ctx: Context, args: argparse.Namespace) -> Result:
+    task = ctx.master.get(args.id)
+    view = ctx.master.view(task)
+    view["events"] = [e.to_dict() for e in ctx.master.story(task.id)]
+    rows = [[key, _when(view[key], full=True) if key.endswith("_at") and view[key] else _cell(view[key])]
+            for key in view if key not in ("events", "spec", "result")]
+    rows.append(["spec", _cell(view["spec"])])
+    if view.get("result"):
+        rows.append(["result", _cell({k: v for k, v in view["result"].items() if k != "log_tail"})])
+    rows += [[_when(e["time"]), f"{e['src']} -> {e['dst']}: {e['reason']}"] for e in view["events"][-10:]]
+    return Result(title=f"Task {task.id}", headers=["field", "value"], rows=rows, data=view,
+                  vertical=True)
+
+
+@command("why", "Why a task is waiting: the reason for every worker.", arguments=_id_argument)
+def why_command(ctx: Context, args: argparse.Namespace) -> Result:
+    answer = ctx.master.why(args.id)
+    rows = [[name, reason] for name, reason in answer["workers"].items()]
+    return Result(title=f"{answer['task']} is {answer['state']}", headers=["worker", "reason"],
+                  rows=rows, status=answer["summary"], data=answer)
+
+
+@command("cancel", "Cancel a task; a running one is killed on its worker.", arguments=_id_argument)
+def cancel_command(ctx: Context, args: argparse.Namespace) -> Result:
+    task = ctx.master.cancel(args.id)
+    return Result(status=f"{task.id} cancelled", data=ctx.master.view(task))
+
+
+@command("logs", "The tail of a task's output.", arguments=_id_argument)
+def logs_command(ctx: Context, args: argparse.Namespace) -> Result:
+    text = ctx.master.log_tail(args.id)
+    return Result(status=text or f"{args.id} has no output yet", data={"id": args.id, "log": text})
+
+
+def _queue_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--state", "-state", choices=[s.value for s in TaskState],
+                        help="only tasks in this state (default: everything not finished)")
+    parser.add_argument("--limit", "-limit", type=int, default=200, help="at most this many rows")
+
+
+@command("queue", "Tasks waiting and running, in the order they will be served.", aliases=("tasks",),
+         arguments=_queue_arguments)
+def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
+    if args.limit <= 0:
+        raise ValidationError("--limit must be at least 1")
+    views = ctx.master.listing(args.state, args.limit)
+    rows = [[_cell(v.get(c)) for c in TASK_COLUMNS] for v in views]
+    total = ctx.master.counts()
+    shown = args.state or "unfinished"
+    return Result(title=f"{len(views)} {shown} tasks", headers=TASK_COLUMNS, rows=rows, data=views,
+                  status=", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
+
+
+def _state_line(view: dict[str, Any]) -> str:
+    where = f" on {view['worker']}" if view.get("worker") else ""
+    reason = f": {view['reason']}" if view.get("reason") else ""
+    return f"{view['id']} {view['state']}{where}{reason}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _when(timestamp: float, full: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S" if full else "%H:%M:%S", time.localtime(timestamp))

@@ -1,0 +1,104 @@
+"""The master process: loads the store, serves RPC, runs the processor and metrics, starts local
+workers, then either opens the `master>` shell or runs as a service until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudq.master.core import Master, MasterConfig
+from cloudq.master.journal import StoreJournal
+from cloudq.master.processor import Processor
+from cloudq.master.service import make_service
+from cloudq.rpc.server import start_server
+from cloudq.store import Store
+
+log = logging.getLogger("cloudq.master")
+
+
+@dataclass
+class MasterOptions:
+    bind: str
+    port: int
+    data_dir: Path
+    config: MasterConfig
+    metrics_port: int = 0
+    local_workers: int = 0
+    shell: bool = True
+    tls_dir: Path | None = None
+    insecure: bool = False
+    worker_args: tuple[str, ...] = ()  # passed on to local workers
+
+
+class MasterProcess:
+    def __init__(self, options: MasterOptions) -> None:
+        self.options = options
+        self.store = Store(options.data_dir, event_retention=options.config.event_retention)
+        state = self.store.load()
+        self.master = Master(StoreJournal(self.store), options.config)
+        self.master.restore(state.records.values(), state.events)
+        self.server = start_server(make_service(self.master), options.bind, options.port,
+                                   options.tls_dir, options.insecure)
+        self.address = f"{options.bind}:{self.server.port}"
+        self.processor = Processor(self.master, options.config.processor_interval_s).start()
+        self.metrics = None
+        if options.metrics_port:
+            from cloudq.metrics import serve_metrics
+
+            self.metrics = serve_metrics(self.master, options.bind, options.metrics_port)
+        self.workers = [self._start_worker(i) for i in range(1, options.local_workers + 1)]
+        print(f"cloudq master listening on {self.address} ({len(self.master.tasks)} tasks loaded"
+              f" from {options.data_dir})", file=sys.stderr, flush=True)
+
+    def _start_worker(self, index: int) -> subprocess.Popen:
+        host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind
+        argv = [sys.executable, "-m", "cloudq", "worker", "--master", f"{host}:{self.server.port}",
+                "--name", f"worker-{index}", *self.options.worker_args]
+        if self.options.tls_dir:
+            argv += ["--tls-dir", str(self.options.tls_dir)]
+        log_path = self.options.data_dir / f"worker-{index}.log"
+        with open(log_path, "ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def serve_forever(self) -> None:
+        """Service mode: until SIGTERM or SIGINT."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.processor.stop()
+        self.server.close()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        self.store.close()
+        print("cloudq master stopped", file=sys.stderr, flush=True)
+
+
+def run_master(options: MasterOptions) -> int:
+    os.makedirs(options.data_dir, exist_ok=True)
+    process = MasterProcess(options)
+    try:
+        if options.shell and sys.stdin.isatty():
+            from cloudq.shell import run_shell
+
+            run_shell(process.master, process.address)
+        else:
+            process.serve_forever()
+    finally:
+        process.stop()
+    return 0

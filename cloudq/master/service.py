@@ -1,0 +1,123 @@
+"""The master's RPC surface: thin exposed methods that check who is calling, validate the
+JSON they were sent, call the core, and answer with a JSON envelope. Nothing else is exposed."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import rpyc
+
+from cloudq import __version__
+from cloudq.commands import Context, dispatch
+from cloudq.errors import AuthError, CloudqError, ValidationError
+from cloudq.master.core import Master
+from cloudq.rpc.protocol import decode_argument, failure, ok
+from cloudq.rpc.server import Identity
+
+log = logging.getLogger("cloudq.master")
+
+
+def endpoint(method: Callable[..., Any]) -> Callable[[Any, Any], str]:
+    """Decodes the one JSON argument, runs the method, and never lets an exception escape."""
+
+    @functools.wraps(method)
+    def wrapper(self: MasterService, raw: Any = "null") -> str:
+        try:
+            return ok(method(self, decode_argument(raw)))
+        except CloudqError as err:
+            return failure(err)
+        except Exception as err:  # noqa: BLE001 - a peer must never crash the master
+            log.exception("internal error in %s", method.__name__)
+            return failure(CloudqError(f"internal error in {method.__name__}: {type(err).__name__}"))
+
+    return wrapper
+
+
+def _field(payload: Any, key: str, kind: type) -> Any:
+    if not isinstance(payload, dict):
+        raise ValidationError("the argument must be a JSON object")
+    value = payload.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValidationError(f"{key!r} must be {kind.__name__}")
+    return value
+
+
+class MasterService(rpyc.Service):
+    """One instance per connection (see make_service), so `identity` is the caller's."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.identity = Identity(None)
+
+    def on_connect(self, conn: rpyc.Connection) -> None:
+        credentials = conn._config.get("credentials")
+        self.identity = credentials if isinstance(credentials, Identity) else Identity(None)
+
+    def _as_worker(self, payload: Any) -> str:
+        name = _field(payload, "name", str)
+        if not self.identity.may_act_as_worker(name):
+            raise AuthError(f"certificate {self.identity.name!r} may not act as worker {name!r}")
+        return name
+
+    def _as_admin(self) -> None:
+        if not self.identity.is_admin:
+            raise AuthError(f"certificate {self.identity.name!r} may not run operator commands")
+
+    @endpoint
+    def exposed_ping(self, payload: Any) -> dict[str, Any]:
+        return {"version": __version__, "identity": self.identity.name}
+
+    @endpoint
+    def exposed_register(self, payload: Any) -> dict[str, Any]:
+        facts = _field(payload, "facts", dict)
+        self._as_worker(facts)
+        running = payload.get("running") or []
+        if not isinstance(running, list):
+            raise ValidationError("'running' must be a list of [task, attempt]")
+        return self.master.register(facts, running)
+
+    @endpoint
+    def exposed_fetch(self, payload: Any) -> list[dict[str, Any]]:
+        name = self._as_worker(payload)
+        wait_s = payload.get("wait_s", 0.0)
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float):
+            raise ValidationError("'wait_s' must be a number")
+        return self.master.fetch(name, _field(payload, "session", int), wait_s)
+
+    @endpoint
+    def exposed_report(self, payload: Any) -> dict[str, Any]:
+        name = self._as_worker(payload)
+        session = _field(payload, "session", int)
+        reports = payload.get("reports") or []
+        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+            raise ValidationError("'reports' must be a list of objects")
+        if isinstance(payload.get("sample"), dict):
+            self.master.heartbeat(name, payload["sample"])
+        refused = self.master.report(name, session, reports) if reports else []
+        return {"refused": refused}
+
+    @endpoint
+    def exposed_submit(self, payload: Any) -> list[dict[str, Any]]:
+        self._as_admin()
+        tasks = self.master.submit(_field(payload, "tasks", list))
+        return [self.master.view(t) for t in tasks]
+
+    @endpoint
+    def exposed_call(self, payload: Any) -> dict[str, Any]:
+        """Runs one operator command from the shared registry (what `cloudq ctl` sends)."""
+        self._as_admin()
+        argv = _field(payload, "argv", list)
+        files = payload.get("files") or {}
+        if not all(isinstance(a, str) for a in argv) or not isinstance(files, dict):
+            raise ValidationError("'argv' must be a list of strings and 'files' an object")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValidationError("'files' must map paths to text")
+        return dispatch(Context(self.master, files=files, local=False), argv).to_dict()
+
+
+def make_service(master: Master) -> Any:
+    """A service class whose instances share `master`: one instance per connection."""
+    return rpyc.utils.helpers.classpartial(MasterService, master)

@@ -1,0 +1,281 @@
+"""The worker process: registers with the master, fetches instructions, runs tasks, reports.
+
+Two connections, so a long-poll never delays a result:
+  - the fetch loop blocks in `fetch` until the master has an assignment or a cancel for us;
+  - the report loop sends progress, outcomes and the heartbeat sample, batched.
+When the master goes away the tasks keep running; the agent reconnects, registers again with
+what it still runs (the master re-adopts those), and sends the outcomes it kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudq import defaults
+from cloudq.errors import CloudqError, NotFoundError
+from cloudq.rpc.client import MasterClient
+from cloudq.worker import probes
+from cloudq.worker.runners import (
+    RunContext,
+    capability_set,
+    detect_capabilities,
+    run_task,
+    tail_log,
+)
+
+log = logging.getLogger("cloudq.worker")
+
+
+@dataclass
+class WorkerOptions:
+    master: str
+    name: str = field(default_factory=socket.gethostname)
+    max_tasks: int = defaults.MAX_TASKS
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_cores: float | None = None  # default: what the machine has
+    mem_gb: float | None = None
+    work_dir: Path = Path("/tmp/cloudq-work")
+    tls_dir: Path | None = None
+    allow_pull: bool = False
+    input_roots: tuple[Path, ...] = ()
+    keep_task_dirs: bool = False
+
+
+@dataclass
+class Running:
+    task_id: str
+    attempt: int
+    cancel: threading.Event
+    work_dir: Path
+    thread: threading.Thread | None = None
+
+
+class WorkerAgent:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self.running: dict[str, Running] = {}
+        self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._session = 0
+        self._generation = 0  # bumped on every (re)connection
+        self._fetch_conn: MasterClient | None = None
+        self._report_conn: MasterClient | None = None
+        self._heartbeat_s = defaults.HEARTBEAT_S
+        options.work_dir.mkdir(parents=True, exist_ok=True)
+        self.facts = self._facts()
+
+    # ------------------------------------------------------------------ registration
+    def _facts(self) -> dict[str, Any]:
+        static = probes.static_facts(self.options.work_dir)
+        caps = detect_capabilities()
+        gpus = static.get("gpus") or []
+        return {
+            **static,
+            "name": self.name,
+            "cpu_cores": self.options.cpu_cores if self.options.cpu_cores is not None else static["cpu_cores"],
+            "mem_gb": self.options.mem_gb if self.options.mem_gb is not None else static["mem_gb"],
+            "storage_gb": round(shutil.disk_usage(self.options.work_dir).free / 2**30, 2),
+            "max_tasks": self.options.max_tasks,
+            "labels": self.options.labels,
+            "capabilities": sorted(capability_set(caps, len(gpus))),
+            "tools": caps,
+        }
+
+    def connect(self) -> None:
+        """(Re)connects both channels and registers, retrying until the master answers."""
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                self._connect_once()
+                return
+            except (ConnectionError, OSError, EOFError, CloudqError) as err:
+                log.warning("cannot register with %s: %s; retrying in %.1fs", self.options.master, err, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _connect_once(self) -> None:
+        self._close_connections()
+        identity = self.name
+        fetch = MasterClient(self.options.master, self.options.tls_dir, identity)
+        report = MasterClient(self.options.master, self.options.tls_dir, identity)
+        with self._lock:
+            running = [[r.task_id, r.attempt] for r in self.running.values()]
+        reply = fetch.call("register", {"facts": self.facts, "running": running})
+        with self._lock:
+            self._fetch_conn, self._report_conn = fetch, report
+            self._session = reply["session"]
+            self._heartbeat_s = float(reply.get("heartbeat_s") or defaults.HEARTBEAT_S)
+            self._generation += 1
+        for task_id in reply.get("stop") or []:
+            self._cancel(task_id, None)
+        log.info("registered with %s as %s (session %d)", self.options.master, self.name, self._session)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        for conn in (self._fetch_conn, self._report_conn):
+            if conn is not None:
+                conn.close()
+
+    # ------------------------------------------------------------------ loops
+    def run(self) -> None:
+        self.connect()
+        reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
+        reporter.start()
+        while not self.stopping.is_set():
+            generation = self._generation
+            try:
+                instructions = self._fetch_conn.call(  # type: ignore[union-attr]
+                    "fetch", {"name": self.name, "session": self._session, "wait_s": defaults.POLL_WAIT_S})
+            except (ConnectionError, NotFoundError) as err:
+                self._lost_master(generation, err)
+                continue
+            for instruction in instructions:
+                self._obey(instruction)
+        self._stop_tasks()
+        reporter.join(timeout=10)  # it leaves once the last outcome is sent
+
+    def _lost_master(self, generation: int, err: Exception) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # the other loop already reconnected
+        log.warning("lost the master (%s); tasks keep running, reconnecting", err)
+        self.connect()
+
+    def _obey(self, instruction: dict[str, Any]) -> None:
+        if "assign" in instruction:
+            self._start(instruction["assign"])
+        elif "cancel" in instruction:
+            self._cancel(instruction["cancel"], instruction.get("attempt"))
+
+    def _report_loop(self) -> None:
+        next_beat = 0.0
+        while not (self.stopping.is_set() and not self.running and self.outbox.empty()):
+            batch = self._drain(timeout=max(next_beat - time.monotonic(), 0.0))
+            sample = None
+            if time.monotonic() >= next_beat:
+                sample = probes.live_sample(self.options.work_dir)
+                next_beat = time.monotonic() + self._heartbeat_s
+            if not batch and sample is None:
+                continue
+            self._send(batch, sample)
+
+    def _send(self, batch: list[dict[str, Any]], sample: dict[str, Any] | None) -> None:
+        while True:
+            generation = self._generation
+            try:
+                reply = self._report_conn.call(  # type: ignore[union-attr]
+                    "report", {"name": self.name, "session": self._session, "reports": batch,
+                               "sample": sample})
+            except (ConnectionError, NotFoundError) as err:
+                if self.stopping.is_set():
+                    return
+                self._lost_master(generation, err)
+                continue
+            for task_id in reply.get("refused") or []:
+                self._cancel(task_id, None)  # the master gave it to someone else: stop it here
+            return
+
+    def _drain(self, timeout: float) -> list[dict[str, Any]]:
+        """Everything waiting in the outbox; only the newest report per task is kept, except
+        that an outcome always wins over progress."""
+        try:
+            first = self.outbox.get(timeout=timeout) if timeout > 0 else self.outbox.get_nowait()
+        except queue.Empty:
+            return []
+        items = [first]
+        with contextlib.suppress(queue.Empty):
+            while len(items) < 1000:
+                items.append(self.outbox.get_nowait())
+        latest: dict[tuple[str, int], dict[str, Any]] = {}
+        for item in items:
+            key = (item["task"], item["attempt"])
+            if "result" in latest.get(key, {}):
+                continue
+            latest[key] = item
+        return list(latest.values())
+
+    # ------------------------------------------------------------------ tasks
+    def _start(self, assignment: dict[str, Any]) -> None:
+        task_id, attempt = assignment["id"], assignment["attempt"]
+        work_dir = self.options.work_dir / f"{task_id}.{attempt}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        entry = Running(task_id, attempt, threading.Event(), work_dir)
+        with self._lock:
+            self.running[task_id] = entry
+        entry.thread = threading.Thread(target=self._execute, args=(assignment, entry),
+                                        name=f"task-{task_id}", daemon=True)
+        entry.thread.start()
+
+    def _execute(self, assignment: dict[str, Any], entry: Running) -> None:
+        started = time.time()
+        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
+                         "started_at": started})
+
+        def progress(update: dict[str, Any]) -> None:
+            self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
+                             "progress": update, "log_tail": tail_log(entry.work_dir, 4096)})
+
+        ctx = RunContext(
+            task_id=entry.task_id, attempt=entry.attempt, kind=assignment["kind"],
+            spec=assignment["spec"], resources=assignment["resources"], work_dir=entry.work_dir,
+            timeout_s=assignment.get("timeout_s"), cancel=entry.cancel, on_progress=progress,
+            gpu_indices=list(assignment.get("gpu_indices") or []),
+            input_roots=list(self.options.input_roots), allow_pull=self.options.allow_pull,
+            worker_name=self.name,
+        )
+        try:
+            result = run_task(ctx).to_dict()
+        except Exception as err:  # noqa: BLE001 - a runner bug fails the task, not the worker
+            log.exception("runner crashed on %s", entry.task_id)
+            result = {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
+                      "error": f"runner crashed: {type(err).__name__}: {err}", "output": {}, "log_tail": ""}
+        result["started_at"] = started
+        with self._lock:
+            self.running.pop(entry.task_id, None)
+        if not self.options.keep_task_dirs:
+            shutil.rmtree(entry.work_dir, ignore_errors=True)
+        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
+                         "result": result, "started_at": started})
+
+    def _cancel(self, task_id: str, attempt: int | None) -> None:
+        with self._lock:
+            entry = self.running.get(task_id)
+        if entry is not None and (attempt is None or attempt == entry.attempt):
+            entry.cancel.set()
+
+    def _stop_tasks(self) -> None:
+        """On shutdown: running tasks are cancelled and reported; the master retries them."""
+        with self._lock:
+            entries = list(self.running.values())
+        for entry in entries:
+            entry.cancel.set()
+        for entry in entries:
+            if entry.thread is not None:
+                entry.thread.join(timeout=15)
+
+
+def run_worker(options: WorkerOptions) -> int:
+    import signal
+
+    agent = WorkerAgent(options)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    return 0
