@@ -76,6 +76,7 @@ class Master:
         self._pending: list[tuple] = []  # journal changes of the operation in progress
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
         self._capabilities: dict[str, frozenset[str]] = {}
+        self._retrying: set[str] = set()  # tasks waiting out a back-off
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
         self.started_at = clock()
 
@@ -94,6 +95,8 @@ class Master:
                 top = max(top, task.seq)
                 if task.state is S.QUEUED:
                     self._enqueue(task)
+                elif task.state is S.RETRYING:
+                    self._retrying.add(task.id)
                 elif task.state.is_active or (task.state is S.CANCELLED and task.worker):
                     self.locks.acquire(task.id, task.locks)
                     record = self._worker(task.worker or "?")
@@ -276,34 +279,53 @@ class Master:
 
     # ------------------------------------------------------------------ processor
     def tick(self) -> None:
-        """The safety net, run every few seconds: leases, retries, expiry, timeouts, placement."""
+        """The safety net, run every few seconds: timers, queue expiry, a counted placement pass."""
         with self._lock:
             now = self.clock()
-            for record in list(self.workers.values()):
-                silent = now - record.last_seen > self.config.lease_s
-                if silent and (record.connected or record.ledger.bookings):
-                    self._expire(record, now)
+            self._timers(now)
             for task in list(self.tasks.values()):
-                self._tick_task(task, now)
+                if task.state is S.QUEUED and task.ttl_s and now - (task.queued_at or now) > task.ttl_s:
+                    self._expire_queued(task, now)
             self._place(now, count_attempts=True)
             ticket = self._flush()
         self.journal.wait(ticket)
 
-    def _tick_task(self, task: Task, now: float) -> None:
-        state = task.state
-        if state is S.RETRYING and (task.not_before or 0) <= now:
-            self._move(task, S.QUEUED, now)
-            self._enqueue(task)
-        elif state is S.QUEUED and task.ttl_s and now - (task.queued_at or now) > task.ttl_s:
-            self.backlog.remove(task.id)
-            task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
-            task.finished_at = now
-            self._move(task, S.FAILED, now, task.last_error)
-        elif state is S.RUNNING and _overdue(task, now):
-            self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-            task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
-            self._release(task)
-            self._retry_or_bury(task, now, task.last_error)
+    def timers(self) -> None:
+        """Cheap deadlines, checked about every second: leases, back-offs, run timeouts. Costs
+        O(workers + retrying + running), never O(all tasks)."""
+        with self._lock:
+            self._timers(self.clock())
+            self._place(self.clock())
+            ticket = self._flush()
+        self.journal.wait(ticket)
+
+    def _timers(self, now: float) -> None:
+        for record in list(self.workers.values()):
+            silent = now - record.last_seen > self.config.lease_s
+            if silent and (record.connected or record.ledger.bookings):
+                self._expire(record, now)
+        for task_id in list(self._retrying):
+            task = self.tasks[task_id]
+            if (task.not_before or 0) <= now:
+                self._move(task, S.QUEUED, now)
+                self._enqueue(task)
+        for record in self.workers.values():
+            for task_id in list(record.ledger.bookings):
+                task = self.tasks.get(task_id)
+                if task is not None and task.state is S.RUNNING and _overdue(task, now):
+                    self._time_out(task, now)
+
+    def _expire_queued(self, task: Task, now: float) -> None:
+        self.backlog.remove(task.id)
+        task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
+        task.finished_at = now
+        self._move(task, S.FAILED, now, task.last_error)
+
+    def _time_out(self, task: Task, now: float) -> None:
+        self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+        task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
+        self._release(task)
+        self._retry_or_bury(task, now, task.last_error)
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
         record.connected = False
@@ -525,6 +547,10 @@ class Master:
 
     def _move(self, task: Task, dst: TaskState, now: float, reason: str | None = None) -> None:
         event = move(task, dst, now=now, reason=reason, history=self.events.story(task.id))
+        if dst is S.RETRYING:
+            self._retrying.add(task.id)
+        else:
+            self._retrying.discard(task.id)
         self.events.add(event)
         self._pending.append(("put", task.to_dict()))
         self._pending.append(("event", event.to_dict()))

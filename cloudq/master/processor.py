@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from cloudq.master.core import Master
 
@@ -13,23 +14,34 @@ log = logging.getLogger("cloudq.processor")
 
 
 class Processor:
+    """Two timers: the full processor pass every `interval_s`, and the cheap deadline check
+    (leases, back-offs, run timeouts) often enough that a lease is enforced on time."""
+
     def __init__(self, master: Master, interval_s: float) -> None:
         self.master = master
         self.interval_s = interval_s
+        self.timer_s = min(1.0, master.config.lease_s / 4)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="processor", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._every, args=(self.interval_s, master.tick), name="processor",
+                             daemon=True),
+            threading.Thread(target=self._every, args=(self.timer_s, master.timers), name="timers",
+                             daemon=True),
+        ]
 
     def start(self) -> Processor:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def _every(self, seconds: float, work: Callable[[], None]) -> None:
+        while not self._stop.wait(seconds):
             try:
-                self.master.tick()
+                work()
             except Exception:  # noqa: BLE001 - the safety net must keep running
-                log.exception("processor tick failed")
+                log.exception("%s failed", getattr(work, "__name__", "timer"))

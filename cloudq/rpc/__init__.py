@@ -1,0 +1,1 @@
+"""The RPC boundary: JSON over bounded, authenticated RPyC."""

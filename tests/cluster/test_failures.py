@@ -1,0 +1,63 @@
+"""Crashes of real processes: a worker killed mid-task, a master killed and restarted."""
+
+from __future__ import annotations
+
+import time
+
+from tests.cluster.harness import wait_until
+
+
+def test_killed_worker_task_is_requeued_within_lease_and_runs_elsewhere(cluster):
+    master = cluster.start_master()
+    doomed = cluster.start_worker("doomed", "--cpu-cores", "2")
+    task = master.ctl("task", "--exec", "sleep 1.5", "--backoff", "0", "doomed")  # pinned at first
+    assert task["target_worker"] == "doomed"
+    # Let it start, then remove the pin so the retry may go anywhere: resubmit a free task too.
+    free = master.ctl("task", "--exec", "sleep 1.5", "--backoff", "0")
+    master.wait_state(free["id"], "running")
+    assert master.task(free["id"])["worker"] == "doomed"
+    cluster.start_worker("survivor", "--cpu-cores", "2")
+    killed_at = time.monotonic()
+    doomed.kill()
+    requeued = wait_until(lambda: master.task(free["id"])["attempt"] == 2 and master.task(free["id"]),
+                          timeout=10, what="the task to be placed again")
+    lease = 3.0
+    assert time.monotonic() - killed_at < lease + 2.0, "requeue took longer than the lease"
+    assert requeued["worker"] == "survivor"
+    done = master.wait_state(free["id"], "completed")
+    assert done["attempt"] == 2 and done["tried_workers"] == ["doomed"]
+    assert master.worker("doomed")["status"] == "offline"
+    # The pinned task cannot go elsewhere: it waits for its worker, saying so.
+    pinned = master.task(task["id"])
+    assert pinned["state"] in ("queued", "retrying")
+
+
+def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    master = cluster.start_master()
+    cluster.start_worker("w1", "--cpu-cores", "8", "--max-tasks", "6")
+    cluster.start_worker("w2", "--cpu-cores", "8", "--max-tasks", "6")
+    ids = []
+    for n in range(8):
+        # Each run leaves one line per attempt: a task run twice would leave two.
+        script = f"echo $$ >> {marks}/task{n}; sleep 3"
+        ids.append(master.ctl("task", "--exec", f"sh -c '{script}'", "--name", f"job{n}")["id"])
+    queued_more = [master.ctl("task", "--exec", "true", "-cpu_cores", "64")["id"]]  # never fits
+    wait_until(lambda: sum(master.task(i)["state"] == "running" for i in ids) >= 8, 15, "all running")
+    before = {i: master.task(i) for i in ids + queued_more}
+    port = master.port
+    master.kill()
+
+    restarted = cluster.start_master(port=port)
+    assert restarted.port == port
+    for i in ids:
+        done = restarted.wait_state(i, {"completed", "failed", "dead"}, timeout=30)
+        assert done["state"] == "completed" and done["attempt"] == 1, done
+    for n in range(8):
+        runs = (marks / f"task{n}").read_text().split()
+        assert len(runs) == 1, f"task{n} ran {len(runs)} times"
+    after = restarted.task(queued_more[0])
+    assert after["state"] == "queued" and after["seq"] == before[queued_more[0]]["seq"]
+    story = [e["reason"] for e in restarted.task(ids[0])["events"]]
+    assert "re-adopted after reconnect" in story
