@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cloudq.errors import RunnerError
+
 LOG_NAME = "task.log"
 LOG_TAIL_BYTES = 8192
 
@@ -125,5 +127,8 @@ def open_log(ctx: RunContext):
     other; truncated because the log belongs to this run only.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(ctx.log_path, flags, 0o644)
+    try:
+        fd = os.open(ctx.log_path, flags, 0o644)
+    except OSError as exc:
+        raise RunnerError(f"task log {ctx.log_path} cannot be written: {exc.strerror}") from None
     return os.fdopen(fd, "ab", buffering=0)

@@ -28,6 +28,7 @@ from cloudq.worker.runners.base import (
     open_log,
     tail_log,
 )
+from cloudq.worker.runners.paths import check_work_dir
 from cloudq.worker.runners.process import POLL_S
 
 TASK_LABEL = "cloudq.task"
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 def run(ctx: RunContext) -> RunResult:
     started = time.monotonic()
+    check_work_dir(ctx.work_dir)  # the log goes there; a symlink could send it anywhere
     try:
         client = docker.from_env(timeout=API_TIMEOUT_S)
     except DockerException as exc:

@@ -58,6 +58,8 @@ class ProgressParser:
             percent = 100.0
         elif self.total_s and out_time_s is not None:
             percent = min(99.9, 100.0 * out_time_s / self.total_s)
+        elif self.total_s:
+            percent = self._percent  # no position yet ("N/A" before the first frame)
         else:
             percent = None
         if percent is not None:
