@@ -144,3 +144,12 @@ def test_duration_is_measured(make_ctx):
     result = run_task(make_ctx("exec", {"argv": ["sleep", "0.2"]}))
     assert result.status == RunStatus.COMPLETED
     assert 0.2 <= result.duration_s <= time.monotonic() - started
+
+
+def test_result_is_plain_json(make_ctx):
+    import json
+
+    result = run_task(make_ctx("exec", {"argv": ["sh", "-c", "echo ok; exit 2"]}))
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["status"] == "failed" and data["exit_code"] == 2
+    assert data["log_tail"] == "ok\n"

@@ -142,3 +142,15 @@ def test_synthetic_source_and_realtime_vpx():
     assert argv[argv.index("-deadline") + 1] == "realtime"
     assert argv[argv.index("-cpu-used") + 1] == "8"
     assert argv[argv.index("-f", argv.index("-t")) + 1] == "webm"
+
+
+def test_detect_capabilities_on_this_machine(ffmpeg_tools, docker_client):
+    from cloudq.worker.runners import detect_capabilities
+
+    caps = detect_capabilities(refresh=True)
+    assert caps["ffmpeg"] is True
+    assert {"libx264", "libvpx", "libvpx-vp9"} <= set(caps["encoders"])
+    assert caps["docker"] is True and caps["docker_error"] is None
+    have = capability_set(caps, gpus=0)
+    assert required_capabilities("ffmpeg", {"scenario": "480p30-vp9"}) <= have
+    assert "gpu" not in have

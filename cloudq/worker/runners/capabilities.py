@@ -16,7 +16,8 @@ PROBE_TIMEOUT_S = 10.0
 _ENCODER_LINE = re.compile(r"^\s*V\S{5}\s+(\S+)\s", re.MULTILINE)
 
 _lock = threading.Lock()
-_cached: dict[str, Any] | None = None
+_encoders_cached: tuple[tuple[str, ...] | None] | None = None  # a box, so None can be cached
+_docker_cached: tuple[bool, str | None] | None = None
 
 
 def detect_capabilities(refresh: bool = False) -> dict[str, Any]:
@@ -25,18 +26,28 @@ def detect_capabilities(refresh: bool = False) -> dict[str, Any]:
     Cached for the process (a few hundred ms of probing); refresh=True probes again, e.g. after
     the Docker engine came back.
     """
-    global _cached
+    global _docker_cached
+    encoders = ffmpeg_encoders(refresh)
     with _lock:
-        if _cached is None or refresh:
-            docker_ok, docker_error = _docker_status()
-            encoders = _ffmpeg_encoders()
-            _cached = {
-                "ffmpeg": encoders is not None,
-                "encoders": encoders or [],
-                "docker": docker_ok,
-                "docker_error": docker_error,
-            }
-        return {**_cached, "encoders": list(_cached["encoders"])}
+        if _docker_cached is None or refresh:
+            _docker_cached = _docker_status()
+        docker_ok, docker_error = _docker_cached
+    return {
+        "ffmpeg": encoders is not None,
+        "encoders": list(encoders or []),
+        "docker": docker_ok,
+        "docker_error": docker_error,
+    }
+
+
+def ffmpeg_encoders(refresh: bool = False) -> tuple[str, ...] | None:
+    """The scenario encoders this worker's FFmpeg has (cached), or None without FFmpeg."""
+    global _encoders_cached
+    with _lock:
+        if _encoders_cached is None or refresh:
+            found = _ffmpeg_encoders()
+            _encoders_cached = (None if found is None else tuple(found),)
+        return _encoders_cached[0]
 
 
 def capability_set(caps: dict[str, Any], gpus: int) -> frozenset[str]:

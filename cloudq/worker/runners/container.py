@@ -18,6 +18,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
+from requests import RequestException
 
 from cloudq.errors import RunnerError
 from cloudq.worker.runners.base import (
@@ -56,6 +57,9 @@ def run(ctx: RunContext) -> RunResult:
             return _run(ctx, container, image, started)
         finally:
             _remove(container)
+    except (DockerException, RequestException) as exc:
+        # The engine went away or answered nonsense mid-task: a task failure, not a crash.
+        raise RunnerError(f"Docker engine error on {ctx.worker_label}: {_explain(exc)}") from None
     finally:
         client.close()
 
@@ -243,7 +247,7 @@ def _remove(container: Any) -> None:
             return
         except NotFound:
             return
-        except APIError as exc:
+        except Exception as exc:  # APIError, or the engine connection failing
             if attempt == 2:
                 log.error("container %s was not removed: %s", container.id[:12], exc)
 

@@ -27,7 +27,7 @@ from cloudq.worker.runners.base import (
     refused,
     tail_log,
 )
-from cloudq.worker.runners.capabilities import detect_capabilities
+from cloudq.worker.runners.capabilities import ffmpeg_encoders
 from cloudq.worker.runners.energy import EnergyMeter
 from cloudq.worker.runners.exec import DEFAULT_PATH, describe_outcome
 from cloudq.worker.runners.ffmpeg_args import Job, build_argv, input_url
@@ -64,14 +64,14 @@ def run(ctx: RunContext) -> RunResult:
 
 def choose_encoder(scenario: Scenario, ctx: RunContext) -> str:
     """The first encoder of the scenario's codec that this worker's FFmpeg has."""
-    caps = detect_capabilities()
-    if not caps["ffmpeg"]:
+    available = ffmpeg_encoders()
+    if available is None:
         raise RunnerError(f"ffmpeg and ffprobe are not installed on {ctx.worker_label}")
     codec = scenario.codec
     if codec.gpu and not ctx.gpu_indices:
         raise RunnerError(f"{scenario.name} needs a GPU, and none was assigned to this task")
     for encoder in codec.encoders:
-        if encoder in caps["encoders"]:
+        if encoder in available:
             return encoder
     names = " or ".join(codec.encoders)
     raise RunnerError(f"encoder {names} is not available on {ctx.worker_label}")
