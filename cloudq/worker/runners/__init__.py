@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from cloudq.errors import RunnerError, SpecError
 from cloudq.specs import validate_spec
-from cloudq.worker.runners import container, exec, ffmpeg, noop
+from cloudq.worker.runners import container, ffmpeg, noop
+from cloudq.worker.runners import exec as exec_runner
 from cloudq.worker.runners.base import (
     LOG_NAME,
     RunContext,
@@ -27,7 +28,7 @@ from cloudq.worker.runners.capabilities import capability_set, detect_capabiliti
 RUNNERS: dict[str, Callable[[RunContext], RunResult]] = {
     "ffmpeg": ffmpeg.run,
     "container": container.run,
-    "exec": exec.run,
+    "exec": exec_runner.run,
     "noop": noop.run,
 }
 

@@ -16,9 +16,7 @@ from typing import Any
 from cloudq.errors import RunnerError
 from cloudq.worker.runners.base import RunContext, RunResult, RunStatus, open_log, refused, tail_log
 from cloudq.worker.runners.paths import task_subdir
-from cloudq.worker.runners.process import Outcome, start, supervise
-
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
 
 
 def run(ctx: RunContext) -> RunResult:
@@ -62,21 +60,6 @@ def task_env(ctx: RunContext) -> dict[str, str]:
         }
     )
     return env
-
-
-def describe_outcome(outcome: Outcome, timeout_s: float | None) -> str | None:
-    """The one-line error for a process outcome; None when it completed."""
-    match outcome.status:
-        case RunStatus.COMPLETED:
-            return None
-        case RunStatus.CANCELLED:
-            return "cancelled: the process group was killed"
-        case RunStatus.TIMED_OUT:
-            return f"timed out after {timeout_s:g} s: the process group was killed"
-    code = outcome.exit_code
-    if code is not None and code > 128:
-        return f"killed by signal {code - 128} (exit code {code})"
-    return f"exited with code {code}"
 
 
 def _not_started(

@@ -29,10 +29,9 @@ from cloudq.worker.runners.base import (
 )
 from cloudq.worker.runners.capabilities import ffmpeg_encoders
 from cloudq.worker.runners.energy import EnergyMeter
-from cloudq.worker.runners.exec import DEFAULT_PATH, describe_outcome
 from cloudq.worker.runners.ffmpeg_args import Job, build_argv, input_url
 from cloudq.worker.runners.paths import open_input, output_path
-from cloudq.worker.runners.process import start, supervise
+from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
 from cloudq.worker.runners.progress import ProgressParser
 
 READER_JOIN_S = 5.0

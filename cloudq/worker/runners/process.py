@@ -27,6 +27,7 @@ from cloudq.worker.runners.base import RunContext, RunStatus
 
 KILL_GRACE_S = 2.0  # SIGTERM to SIGKILL; cancel must end everything within 5 s
 POLL_S = 0.1  # how often cancel and the deadline are looked at while the task runs
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # when the worker itself has no PATH
 
 
 @dataclass
@@ -77,6 +78,21 @@ def supervise(proc: subprocess.Popen[bytes], ctx: RunContext, started: float) ->
     if stopped is None:
         stopped = RunStatus.COMPLETED if code == 0 else RunStatus.FAILED
     return Outcome(stopped, code, time.monotonic() - started)
+
+
+def describe_outcome(outcome: Outcome, timeout_s: float | None) -> str | None:
+    """The one-line error for a process outcome; None when it completed."""
+    match outcome.status:
+        case RunStatus.COMPLETED:
+            return None
+        case RunStatus.CANCELLED:
+            return "cancelled: the process group was killed"
+        case RunStatus.TIMED_OUT:
+            return f"timed out after {timeout_s:g} s: the process group was killed"
+    code = outcome.exit_code
+    if code is not None and code > 128:
+        return f"killed by signal {code - 128} (exit code {code})"
+    return f"exited with code {code}"
 
 
 def terminate_group(pgid: int, exited: threading.Event) -> None:
