@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -148,7 +148,8 @@ class Resources:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"cpu_cores": self.cpu_cores, "mem_gb": self.mem_gb, "storage_gb": self.storage_gb,
+                "gpus": self.gpus, "gpu_mem_gb": self.gpu_mem_gb}
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +229,8 @@ class Task:
         return (self.queue.rank, self.priority.rank, self.seq)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain values only. On the hot path (every state change is journalled): no asdict()."""
+        out = {name: getattr(self, name) for name in _TASK_FIELDS}
         out["queue"] = self.queue.value
         out["priority"] = self.priority.value
         out["state"] = self.state.value
@@ -248,6 +250,9 @@ class Task:
         data["resources"] = Resources(**data.get("resources") or {})
         data["locks"] = tuple(LockSpec(**lock) for lock in data.get("locks") or ())
         return cls(**data)
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
 
 
 def parse_request(raw: Any) -> dict[str, Any]:

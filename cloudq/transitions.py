@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from cloudq.errors import TransitionError
 from cloudq.model import Task, TaskState
@@ -63,7 +63,8 @@ class Event:
     time: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"task": self.task, "src": self.src, "dst": self.dst, "reason": self.reason,
+                "worker": self.worker, "attempt": self.attempt, "time": self.time}
 
     @classmethod
     def from_dict(cls, raw: dict) -> Event:

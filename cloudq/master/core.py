@@ -73,7 +73,8 @@ class Master:
         self._lock = threading.RLock()
         self._wakeups: dict[str, threading.Condition] = {}
         self._seq = itertools.count(1)
-        self._pending: list[tuple] = []  # journal changes of the operation in progress
+        self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
+        self._pending: list[tuple] = []  # its events, in order
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
         self._capabilities: dict[str, frozenset[str]] = {}
         self._retrying: set[str] = set()  # tasks waiting out a back-off
@@ -552,17 +553,23 @@ class Master:
         else:
             self._retrying.discard(task.id)
         self.events.add(event)
-        self._pending.append(("put", task.to_dict()))
+        self._dirty[task.id] = task  # serialised once at flush, however often it moved
         self._pending.append(("event", event.to_dict()))
         for hook in self.hooks.on_event:
             hook(event)
 
     def _flush(self) -> int:
         """Hands the operation's changes to the journal, in order; returns the ticket to wait on."""
-        ticket = self.journal.enqueue(self._pending) if self._pending else self.journal.last_ticket()
+        if self._dirty or self._pending:
+            changes = [("put", task.to_dict()) for task in self._dirty.values()]
+            changes += self._pending
+            ticket = self.journal.enqueue(changes)
+        else:
+            ticket = self.journal.last_ticket()
         for instruction in self._told:
             instruction["ticket"] = ticket
         self._told = []
+        self._dirty = {}
         self._pending = []
         return ticket
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import rpyc
+from rpyc.core import consts
+from rpyc.core.netref import syncreq
 from rpyc.core.stream import SocketStream
 
 from cloudq import defaults
@@ -60,14 +62,16 @@ class MasterClient:
         config = dict(PROTOCOL_CONFIG, sync_request_timeout=timeout_s)
         try:
             self.conn = rpyc.connect_channel(BoundedChannel(SocketStream(sock)), config=config)
+            sock.settimeout(None)
+            self._root = self.conn.root
         except (EOFError, OSError) as err:
             sock.close()
             raise CloudqError(f"the master at {self.address} closed the connection: {err}") from None
-        sock.settimeout(None)
 
     def call(self, method: str, payload: Any = None) -> Any:
         try:
-            reply = getattr(self.conn.root, method)(dumps(payload))
+            # One round trip (call-attribute) instead of two (get the method, then call it).
+            reply = syncreq(self._root, consts.HANDLE_CALLATTR, f"exposed_{method}", (dumps(payload),), ())
         except (EOFError, OSError) as err:
             raise ConnectionError(f"lost the master at {self.address}: {err}") from None
         return unwrap(reply)
