@@ -1,0 +1,205 @@
+"""Unit tests of Store: round trips through close and reload, checkpoints, retention, stats."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tinydb import TinyDB
+
+from cloudq.errors import StoreError
+from cloudq.store import LoadedState, Store
+from tests.store.taskdata import make_event, make_task, submit
+
+OpenStore = Callable[..., Store]
+
+
+def reload(open_store: OpenStore, **options: object) -> tuple[Store, LoadedState]:
+    store = open_store(**options)
+    return store, store.load()
+
+
+def test_empty_directory_loads_empty_and_is_created(open_store: OpenStore, data_dir: Path) -> None:
+    store, state = reload(open_store)
+    assert state == LoadedState(records={}, events=[], meta={})
+    assert data_dir.is_dir()
+    assert store.stats()["records"] == 0
+
+
+def test_put_del_event_meta_round_trip(open_store: OpenStore) -> None:
+    store, _ = reload(open_store)
+    store.append([("put", make_task(1)), ("put", make_task(2)), ("event", make_event(1))])
+    store.append([("put", {**make_task(1), "state": "running"}), ("del", "t-0000002")])
+    store.append([("meta", "epoch", 3), ("meta", "cluster", {"name": "farm"})])
+    store.append([("meta", "epoch", 4), ("del", "no-such-id")])
+    store.close()
+
+    _, state = reload(open_store)
+    assert state.records == {"t-0000001": {**make_task(1), "state": "running"}}
+    assert state.events == [make_event(1)]
+    assert state.meta == {"epoch": 4, "cluster": {"name": "farm"}}
+
+
+def test_checkpoint_then_more_appends_then_reload(open_store: OpenStore) -> None:
+    store, _ = reload(open_store)
+    for seq in range(30):
+        store.append(submit(seq))
+    store.checkpoint()
+    for seq in range(30, 45):
+        store.append(submit(seq))
+    store.append([("del", make_task(0)["id"]), ("meta", "k", "v")])
+    store.close()
+
+    store, state = reload(open_store)
+    assert sorted(state.records) == sorted(make_task(seq)["id"] for seq in range(1, 45))
+    assert [event["seq"] for event in state.events] == list(range(45))
+    assert state.meta == {"k": "v"}
+    assert store.stats()["loaded_from"] == "checkpoint.json"
+    assert store.stats()["checkpoint_lsn"] == 30  # the rest came from the journal
+
+
+def test_checkpoint_is_readable_by_tinydb(open_store: OpenStore, data_dir: Path) -> None:
+    store, _ = reload(open_store)
+    for seq in range(5):
+        store.append(submit(seq))
+    store.append([("meta", "epoch", 7)])
+    store.checkpoint()
+    store.close()
+
+    db = TinyDB(data_dir / "checkpoint.json", access_mode="r")
+    assert db.table("records").all() == [make_task(seq) for seq in range(5)]
+    assert db.table("events").all() == [make_event(seq) for seq in range(5)]
+    assert db.table("meta").all() == [{"key": "epoch", "value": 7}]
+    db.close()
+
+
+@pytest.mark.parametrize("checkpoint_midway", [False, True])
+def test_event_retention_keeps_the_newest(open_store: OpenStore, checkpoint_midway: bool) -> None:
+    store, _ = reload(open_store, event_retention=10)
+    for seq in range(25):
+        store.append([("event", make_event(seq))])
+        if checkpoint_midway and seq == 17:
+            store.checkpoint()
+    assert store.stats()["events"] == 10
+    store.close()
+
+    store, state = reload(open_store, event_retention=10)
+    assert [event["seq"] for event in state.events] == list(range(15, 25))
+    store.close()
+    store, state = reload(open_store, event_retention=4)  # a smaller limit applies on load
+    assert [event["seq"] for event in state.events] == list(range(21, 25))
+
+
+def test_stats(open_store: OpenStore) -> None:
+    store, _ = reload(open_store)
+    for seq in range(6):
+        store.append(submit(seq))
+    store.append([("del", make_task(0)["id"])])
+    before = store.stats()
+    assert before["records"] == 5 and before["events"] == 6
+    assert before["appends"] == 7 and before["changes"] == 13 and before["lsn"] == 7
+    assert before["fsyncs"] == 7 and before["commits"] == 7  # one thread: one fsync each
+    assert before["journal_bytes"] > 6 * 600
+    assert before["checkpoints"] == 0 and before["last_checkpoint_s"] is None
+    store.checkpoint()
+    after = store.stats()
+    assert after["checkpoints"] == 1 and after["checkpoint_lsn"] == 7
+    assert after["last_checkpoint_s"] > 0 and after["changes_since_checkpoint"] == 0
+
+
+def test_fsync_off_counts_no_fsyncs(open_store: OpenStore) -> None:
+    store, _ = reload(open_store, fsync=False)
+    store.append(submit(1))
+    assert store.stats()["fsyncs"] == 0 and store.stats()["commits"] == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        [],
+        [("put", {"name": "no id"})],
+        [("put", {"id": 5})],
+        [("del", 5)],
+        [("event", "not a dict")],
+        [("meta", 1, "key not a string")],
+        [("frobnicate", 1)],
+        [("put", {"id": "x", "nan": float("nan")})],
+        [("put", {"id": "x", "obj": object()})],
+        [("put", make_task(1)), ("put", {"id": "bad", "set": {1}})],
+    ],
+)
+def test_bad_changes_are_refused_and_nothing_is_stored(open_store: OpenStore, changes: list) -> None:
+    store, _ = reload(open_store)
+    with pytest.raises(StoreError):
+        store.append(changes)
+    assert store.stats()["records"] == 0 and store.stats()["lsn"] == 0
+    store.append(submit(2))  # the store still works
+    store.close()
+    _, state = reload(open_store)
+    assert list(state.records) == [make_task(2)["id"]]
+
+
+def test_lifecycle_errors(open_store: OpenStore) -> None:
+    store = open_store()
+    with pytest.raises(StoreError, match="load"):
+        store.append(submit(1))
+    store.load()
+    with pytest.raises(StoreError, match="once"):
+        store.load()
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.append(submit(1))
+    with pytest.raises(StoreError, match="closed"):
+        store.checkpoint()
+
+
+def test_a_directory_is_used_by_one_store_at_a_time(open_store: OpenStore) -> None:
+    first, _ = reload(open_store)
+    with pytest.raises(StoreError, match="in use"):
+        open_store().load()
+    first.close()
+    reload(open_store)  # free again once the first one is closed
+
+
+def checkpoint_waiter(store: Store) -> threading.Event:
+    """An event set when the store finishes a checkpoint (its last step)."""
+    done = threading.Event()
+    store._step_hook = lambda step: done.set() if step == "trimmed" else None
+    return done
+
+
+def test_automatic_checkpoint_after_n_changes(open_store: OpenStore) -> None:
+    store, _ = reload(open_store, checkpoint_every=10)
+    done = checkpoint_waiter(store)
+    for seq in range(4):
+        store.append(submit(seq))  # 8 changes: not yet
+    assert store.stats()["checkpoints"] == 0
+    store.append(submit(4))
+    assert done.wait(10), "no checkpoint after 10 changes"
+    assert store.stats()["checkpoint_lsn"] == 5
+
+
+def test_automatic_checkpoint_after_interval(open_store: OpenStore) -> None:
+    store, _ = reload(open_store, checkpoint_interval_s=0.05)
+    done = checkpoint_waiter(store)
+    store.append(submit(1))
+    assert done.wait(10), "no checkpoint after the interval"
+    assert store.stats()["checkpoints"] == 1
+
+
+def test_journal_is_trimmed_by_checkpoints(open_store: OpenStore, data_dir: Path) -> None:
+    store, _ = reload(open_store)
+    for round_ in range(6):
+        for seq in range(round_ * 10, round_ * 10 + 10):
+            store.append(submit(seq))
+        store.checkpoint()
+    # Kept: the segments after the .old checkpoint; the rest are gone.
+    assert store.stats()["journal_segments"] == 2
+    assert len(list(data_dir.glob("journal-*.log"))) == 2
+    assert (data_dir / "checkpoint.json.old").exists()
+    store.close()
+    _, state = reload(open_store)
+    assert len(state.records) == 60
