@@ -10,10 +10,10 @@ run code in our process, so anything that is not exactly `str` is refused.
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
+import orjson
 from rpyc.core.channel import Channel
 
 from cloudq import defaults, errors
@@ -65,24 +65,24 @@ def decode_argument(raw: Any) -> Any:
     if len(raw) > MAX_ARGUMENT_CHARS:
         raise ValidationError(f"argument of {len(raw)} characters is over the {MAX_ARGUMENT_CHARS} limit")
     try:
-        return json.loads(raw)
-    except ValueError as err:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
         raise ValidationError(f"argument is not valid JSON: {err}") from None
 
 
 def ok(value: Any) -> str:
-    return json.dumps({"ok": True, "value": value}, separators=(",", ":"))
+    return dumps({"ok": True, "value": value})
 
 
 def failure(err: CloudqError) -> str:
-    return json.dumps({"ok": False, "error": str(err), "type": type(err).__name__})
+    return dumps({"ok": False, "error": str(err), "type": type(err).__name__})
 
 
 def unwrap(reply: Any) -> Any:
     """The client side of the envelope: the value, or the CloudqError the server raised."""
     if type(reply) is not str:  # noqa: E721
         raise CloudqError("the master sent a reply that is not JSON text")
-    envelope = json.loads(reply)
+    envelope = orjson.loads(reply)
     if envelope.get("ok"):
         return envelope.get("value")
     kind = getattr(errors, str(envelope.get("type")), CloudqError)
@@ -92,4 +92,5 @@ def unwrap(reply: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """JSON text (orjson: several times faster than json, and RPC sits on the hot path)."""
+    return orjson.dumps(value).decode()

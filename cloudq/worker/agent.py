@@ -16,6 +16,7 @@ import shutil
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class Running:
     attempt: int
     cancel: threading.Event
     work_dir: Path
-    thread: threading.Thread | None = None
+    future: Future[None] | None = None
 
 
 class WorkerAgent:
@@ -72,6 +73,9 @@ class WorkerAgent:
         self._fetch_conn: MasterClient | None = None
         self._report_conn: MasterClient | None = None
         self._heartbeat_s = defaults.HEARTBEAT_S
+        # Threads are reused: a task costs a queue hand-off, not a thread start. Headroom beyond
+        # max_tasks covers re-adopted tasks still finishing after a reconnect.
+        self._pool = ThreadPoolExecutor(max_workers=options.max_tasks * 2, thread_name_prefix="task")
         options.work_dir.mkdir(parents=True, exist_ok=True)
         self.facts = self._facts()
 
@@ -212,13 +216,12 @@ class WorkerAgent:
     def _start(self, assignment: dict[str, Any]) -> None:
         task_id, attempt = assignment["id"], assignment["attempt"]
         work_dir = self.options.work_dir / f"{task_id}.{attempt}"
-        work_dir.mkdir(parents=True, exist_ok=True)
+        if assignment["kind"] != "noop":  # a no-op touches no disk
+            work_dir.mkdir(parents=True, exist_ok=True)
         entry = Running(task_id, attempt, threading.Event(), work_dir)
         with self._lock:
             self.running[task_id] = entry
-        entry.thread = threading.Thread(target=self._execute, args=(assignment, entry),
-                                        name=f"task-{task_id}", daemon=True)
-        entry.thread.start()
+        entry.future = self._pool.submit(self._execute, assignment, entry)
 
     def _execute(self, assignment: dict[str, Any], entry: Running) -> None:
         started = time.time()
@@ -246,7 +249,7 @@ class WorkerAgent:
         result["started_at"] = started
         with self._lock:
             self.running.pop(entry.task_id, None)
-        if not self.options.keep_task_dirs:
+        if not self.options.keep_task_dirs and entry.work_dir.exists():
             shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
                          "result": result, "started_at": started})
@@ -264,8 +267,10 @@ class WorkerAgent:
         for entry in entries:
             entry.cancel.set()
         for entry in entries:
-            if entry.thread is not None:
-                entry.thread.join(timeout=15)
+            if entry.future is not None:
+                with contextlib.suppress(Exception):
+                    entry.future.result(timeout=15)
+        self._pool.shutdown(wait=False)
 
 
 def run_worker(options: WorkerOptions) -> int:
