@@ -247,6 +247,9 @@ class Master:
             if report.get("state") in _OUTCOMES:
                 self._release(task)
                 task.finished_at = now
+                task.result = report.get("result") if isinstance(report.get("result"), dict) else None
+                self.live_logs.pop(task.id, None)
+                self._dirty[task.id] = task
             return True
         if not task.state.is_active:
             return False

@@ -173,6 +173,7 @@ class WorkerAgent:
             if time.monotonic() >= next_beat:
                 sample = probes.live_sample(self.options.work_dir)
                 next_beat = time.monotonic() + self._heartbeat_s
+                batch = self._log_tails(batch)
             if not batch and sample is None:
                 continue
             self._send(batch, sample)
@@ -192,6 +193,17 @@ class WorkerAgent:
             for task_id in reply.get("refused") or []:
                 self._cancel(task_id, None)  # the master gave it to someone else: stop it here
             return
+
+    def _log_tails(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """With each heartbeat, the output tail of every running task, so `logs ID` is live."""
+        reported = {item["task"] for item in batch}
+        with self._lock:
+            entries = [e for e in self.running.values() if e.task_id not in reported]
+        for entry in entries:
+            if entry.work_dir.exists():
+                batch.append({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
+                              "log_tail": tail_log(entry.work_dir, 4096)})
+        return batch
 
     def _drain(self, timeout: float) -> list[dict[str, Any]]:
         """Everything waiting in the outbox; only the newest report per task is kept, except
