@@ -206,32 +206,41 @@ class JournalWriter:
         with self._lock:
             if self._segments[-1].base == self._next_lsn:
                 return
+            fd = self._create(self._next_lsn)  # first, so a failure leaves the old one in use
             os.close(self._fd)
-            self._fd = self._create(self._next_lsn)
+            self._fd = fd
 
     def _create(self, base: int) -> int:
-        segment = Segment(base, segment_path(self._dir, base), end=base)
-        fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        if self._fsync:
-            fsync_dir(self._dir)  # else a crash could lose the new file with its fsynced lines
-        self._segments.append(segment)
+        path = segment_path(self._dir, base)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            if self._fsync:
+                fsync_dir(self._dir)  # else a crash could lose the file with its fsynced lines
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._segments.append(Segment(base, path, end=base))
         self._sizes[base] = 0
         return fd
 
     def delete_covered(self, lsn: int) -> int:
         """Delete segments whose every line is at or below ``lsn``; return how many."""
         with self._lock:
-            keep = [self._segments[-1]]
-            doomed = []
-            for segment, successor in zip(self._segments, self._segments[1:], strict=False):
-                (doomed if successor.base - 1 <= lsn else keep).append(segment)
+            doomed = [
+                segment
+                for segment, successor in zip(self._segments, self._segments[1:], strict=False)
+                if successor.base - 1 <= lsn
+            ]
+            self._segments = [s for s in self._segments if s not in doomed]
             for segment in doomed:
-                segment.path.unlink(missing_ok=True)
                 self._sizes.pop(segment.base, None)
-            # A lost unlink (crash before the directory is synced) is harmless: replay skips
-            # covered segments, and the next checkpoint deletes them again.
-            self._segments = sorted(keep, key=lambda s: s.base)
-            return len(doomed)
+        # Unlinked outside the lock, so appends do not wait for the file system. A lost
+        # unlink (crash before the directory is synced) is harmless: replay skips covered
+        # segments, and the next checkpoint deletes them again.
+        for segment in doomed:
+            segment.path.unlink(missing_ok=True)
+        return len(doomed)
 
     @property
     def bytes(self) -> int:

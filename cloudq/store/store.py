@@ -91,16 +91,20 @@ class Store:
         if self._state != "new":
             raise StoreError("Store.load() may be called only once per Store")
         started = time.perf_counter()
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_directory(self._dir)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock_directory(self._dir)
+        except OSError as exc:
+            self._state = "closed"
+            raise StoreError(f"cannot use {self._dir} as the store's directory: {exc}") from exc
         try:
             with _gc_paused():
                 state = self._recover()
+        except OSError as exc:
+            self._release_after_failed_load()
+            raise StoreError(f"cannot load the store in {self._dir}: {exc}") from exc
         except BaseException:
-            if self._writer is not None:
-                self._writer.close()
-            _unlock_directory(self._lock_fd)
-            self._lock_fd = -1
+            self._release_after_failed_load()
             raise
         self._state = "open"
         self._timings["load_s"] = time.perf_counter() - started
@@ -109,6 +113,13 @@ class Store:
                                         daemon=True)
         self._thread.start()
         return state
+
+    def _release_after_failed_load(self) -> None:
+        self._state = "closed"  # half-recovered: a new Store must try again
+        if self._writer is not None:
+            self._writer.close()
+        _unlock_directory(self._lock_fd)
+        self._lock_fd = -1
 
     def _recover(self) -> LoadedState:
         _, _, tmp = checkpoint.paths(self._dir)
@@ -251,10 +262,10 @@ class Store:
     def _checkpoint_in_background(self) -> None:
         try:
             self._checkpoint()
-        except StoreError as exc:
+        except Exception as exc:  # the thread must survive whatever went wrong
             # The journal still holds everything, so nothing is lost; it just grows.
             self._counters["checkpoint_errors"] += 1
-            log.error("%s; retrying in %.0f s", exc, self._interval)
+            log.error("background checkpoint failed: %s; retrying in %.0f s", exc, self._interval)
             self._stop.wait(self._interval)
 
     # -- closing and stats ------------------------------------------------------------------

@@ -203,3 +203,48 @@ def test_journal_is_trimmed_by_checkpoints(open_store: OpenStore, data_dir: Path
     store.close()
     _, state = reload(open_store)
     assert len(state.records) == 60
+
+
+def test_failed_checkpoint_is_reported_and_appends_go_on(
+    open_store: OpenStore, data_dir: Path
+) -> None:
+    store, _ = reload(open_store)
+    store.append(submit(1))
+    (data_dir / "checkpoint.json.tmp").mkdir()  # the temporary file cannot be created
+    with pytest.raises(StoreError, match="checkpoint in .* failed"):
+        store.checkpoint()
+    store.append(submit(2))
+    (data_dir / "checkpoint.json.tmp").rmdir()
+    store.checkpoint()
+    store.append(submit(3))
+    store.close()
+    _, state = reload(open_store)
+    assert sorted(state.records) == [make_task(seq)["id"] for seq in (1, 2, 3)]
+
+
+def test_journal_write_failure_stops_the_store(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = reload(open_store)
+    store.append(submit(1))
+
+    def disk_full(self: object, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cloudq.store.journal.JournalWriter._write_all", disk_full)
+    with pytest.raises(StoreError, match="journal write failed.*No space left"):
+        store.append(submit(2))
+    monkeypatch.undo()
+    # Memory may now be ahead of the disk: nothing more is acknowledged until a restart.
+    with pytest.raises(StoreError, match="restart"):
+        store.append(submit(3))
+    store.close()
+    _, state = reload(open_store)
+    assert list(state.records) == [make_task(1)["id"]]
+
+
+def test_unusable_directory_is_a_store_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(StoreError, match="cannot use"):
+        Store(not_a_dir).load()
