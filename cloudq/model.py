@@ -262,7 +262,7 @@ def parse_request(raw: Any) -> dict[str, Any]:
     cloudq.specs, so a hostile ffmpeg input or container option is refused here, before
     anything is stored or run.
     """
-    from cloudq.specs import validate_spec  # the spec rules live beside the runners' docs
+    from cloudq.specs import required_capabilities, validate_spec  # the spec rules per kind
 
     if not isinstance(raw, dict):
         raise ValidationError(f"a task must be an object of fields, got {type(raw).__name__}")
@@ -289,6 +289,8 @@ def parse_request(raw: Any) -> dict[str, Any]:
     )
     out["timeout_s"] = _optional_seconds("timeout_s", raw.get("timeout_s"))
     out["ttl_s"] = _optional_seconds("ttl_s", raw.get("ttl_s"))
+    if "gpu" in required_capabilities(kind, out["spec"]) and out["resources"].gpus < 1:
+        raise ValidationError(f"this {kind} task runs on a GPU: ask for at least one (-gpu 1)")
     return out
 
 

@@ -180,3 +180,18 @@ def test_ttl_expiry_and_timeout(master, clock):
     master.tick()
     assert running.state is S.DEAD and "ran past its timeout of 30s" in running.last_error
     assert fetch(master, "w", s)[-1] == {"cancel": running.id, "attempt": 1}
+
+
+def test_nvenc_tasks_go_only_to_workers_with_the_encoder_and_a_gpu(master):
+    worker(master, "a-cpu", capabilities=["ffmpeg", "encoder:libx264", "encoder:h264_nvenc"])
+    worker(master, "b-gpu", capabilities=["ffmpeg", "encoder:libx264", "encoder:h264_nvenc", "gpu"],
+           gpus=[{"index": 0, "mem_gb": 16.0}])
+    (nvenc,) = master.submit([{"kind": "ffmpeg", "spec": {"scenario": "720p30-h264-nvenc"},
+                               "resources": {"gpus": 1}}])
+    (cpu,) = master.submit([{"kind": "ffmpeg", "spec": {"scenario": "720p30-h264"}}])
+    assert nvenc.worker == "b-gpu" and cpu.worker == "a-cpu"
+    (second,) = master.submit([{"kind": "ffmpeg", "spec": {"scenario": "720p30-h264-nvenc"},
+                                "resources": {"gpus": 1}}])
+    why = master.why(second.id)["workers"]
+    assert why["a-cpu"] == "Missing capability: worker lacks gpu"
+    assert why["b-gpu"].startswith("Insufficient GPUs: worker has 0 available")

@@ -40,6 +40,7 @@ def test_defaults_and_round_trip():
         ({"kind": "noop", "colour": "red"}, "unknown task field(s): colour"),
         ({"kind": "container", "spec": {"image": ""}}, "image"),
         ("not an object", "a task must be an object"),
+        ({"kind": "ffmpeg", "spec": {"scenario": "720p30-h264-nvenc"}}, "ask for at least one (-gpu 1)"),
     ],
 )
 def test_bad_fields_are_refused_with_a_clear_message(raw, message):
