@@ -78,6 +78,7 @@ class Master:
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
         self._capabilities: dict[str, frozenset[str]] = {}
         self._retrying: set[str] = set()  # tasks waiting out a back-off
+        self._expiring: set[str] = set()  # queued tasks with a time-to-live
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
         self.started_at = clock()
 
@@ -287,8 +288,12 @@ class Master:
         with self._lock:
             now = self.clock()
             self._timers(now)
-            for task in list(self.tasks.values()):
-                if task.state is S.QUEUED and task.ttl_s and now - (task.queued_at or now) > task.ttl_s:
+            for task_id in list(self._expiring):
+                task = self.tasks[task_id]
+                if task.state is not S.QUEUED:
+                    self._expiring.discard(task_id)
+                elif now - (task.queued_at or now) > (task.ttl_s or 0):
+                    self._expiring.discard(task_id)
                     self._expire_queued(task, now)
             self._place(now, count_attempts=True)
             ticket = self._flush()
@@ -533,6 +538,8 @@ class Master:
         task.worker = None
         task.not_before = None
         self.backlog.add(task, self._required(task))
+        if task.ttl_s:
+            self._expiring.add(task.id)
 
     def _release(self, task: Task) -> None:
         record = self.workers.get(task.worker or "")
