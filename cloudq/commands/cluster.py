@@ -30,10 +30,16 @@ def _worker_argument(parser: CommandParser) -> None:
     parser.add_argument("worker", help="worker name")
 
 
-@command("release", "Let a quarantined worker take tasks again.", arguments=_worker_argument)
+@command("release", "Let a quarantined or draining worker take tasks again.", arguments=_worker_argument)
 def release_command(ctx: Context, args: argparse.Namespace) -> Result:
     ctx.master.release_worker(args.worker)
-    return Result(status=f"{args.worker} released from quarantine")
+    return Result(status=f"{args.worker} takes tasks again")
+
+
+@command("drain", "Let a worker finish what it runs and give it nothing new.", arguments=_worker_argument)
+def drain_command(ctx: Context, args: argparse.Namespace) -> Result:
+    ctx.master.drain_worker(args.worker)
+    return Result(status=f"{args.worker} is draining; `release {args.worker}` undoes it")
 
 
 @command("status", "Cluster summary: tasks by state, workers, queue, store.")

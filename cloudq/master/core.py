@@ -476,17 +476,27 @@ class Master:
             return [w.to_dict() for w in sorted(self.workers.values(), key=lambda w: w.name)]
 
     def release_worker(self, name: str) -> None:
+        """Lets a quarantined or draining worker take tasks again."""
         with self._lock:
-            record = self.workers.get(name)
-            if record is None:
-                raise NotFoundError(f"no worker {name!r}")
-            if not record.quarantined:
-                raise ValidationError(f"worker {name} is not quarantined")
-            record.quarantined = False
+            record = self._known_worker(name)
+            if not (record.quarantined or record.draining):
+                raise ValidationError(f"worker {name} is neither quarantined nor draining")
+            record.quarantined = record.draining = False
             record.consecutive_failures = 0
             self._place(self.clock())
             ticket = self._flush()
         self.journal.wait(ticket)
+
+    def drain_worker(self, name: str) -> None:
+        """The worker finishes what it runs and is given nothing new."""
+        with self._lock:
+            self._known_worker(name).draining = True
+
+    def _known_worker(self, name: str) -> WorkerRecord:
+        record = self.workers.get(name)
+        if record is None:
+            raise NotFoundError(f"no worker {name!r}")
+        return record
 
     def summary(self) -> dict[str, Any]:
         with self._lock:

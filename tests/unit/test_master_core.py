@@ -195,3 +195,19 @@ def test_nvenc_tasks_go_only_to_workers_with_the_encoder_and_a_gpu(master):
     why = master.why(second.id)["workers"]
     assert why["a-cpu"] == "Missing capability: worker lacks gpu"
     assert why["b-gpu"].startswith("Insufficient GPUs: worker has 0 available")
+
+
+def test_drain_and_release(master):
+    s = worker(master, "w", max_tasks=1)
+    (a,) = master.submit([noop()])
+    master.drain_worker("w")
+    (b,) = master.submit([noop()])
+    assert master.workers["w"].to_dict()["status"] == "draining" and b.state is S.QUEUED
+    master.report("w", s, [{"task": a.id, "attempt": 1, "state": "completed"}])
+    assert b.state is S.QUEUED  # draining: nothing new
+    master.release_worker("w")
+    assert b.state is S.ASSIGNED
+    with pytest.raises(ValidationError, match="neither quarantined nor draining"):
+        master.release_worker("w")
+    with pytest.raises(NotFoundError):
+        master.drain_worker("nope")
