@@ -12,19 +12,27 @@ from cloudq import __version__, defaults
 from cloudq.errors import CloudqError
 
 
-def _env(name: str, default: object) -> object:
+def _env(name: str, default: object) -> str:
     """CLOUDQ_<NAME> overrides a default; flags override both."""
-    return os.environ.get(f"CLOUDQ_{name.upper()}", default)
+    return os.environ.get(f"CLOUDQ_{name.upper()}", str(default))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name, default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"cloudq: CLOUDQ_{name.upper()}={raw!r} is not a whole number") from None
 
 
 def _master_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("master", help="run the master (shell, RPC endpoint, processor)")
     p.add_argument("--bind", default=_env("bind", defaults.BIND), help="address to listen on")
-    p.add_argument("--port", type=int, default=int(_env("port", defaults.PORT)), help="RPC port (0: any free)")
-    p.add_argument("--data-dir", type=Path, default=Path(str(_env("data_dir", defaults.DATA_DIR))))
+    p.add_argument("--port", type=int, default=_env_int("port", defaults.PORT), help="RPC port (0: any free)")
+    p.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", defaults.DATA_DIR)))
     p.add_argument("--interval", type=float, default=defaults.PROCESSOR_INTERVAL_S,
                    help="seconds between safety-net processor runs")
-    p.add_argument("--metrics-port", type=int, default=int(_env("metrics_port", defaults.METRICS_PORT)),
+    p.add_argument("--metrics-port", type=int, default=_env_int("metrics_port", defaults.METRICS_PORT),
                    help="Prometheus endpoint port (0: off)")
     p.add_argument("--local-workers", type=int, default=0, help="start N workers on this machine")
     p.add_argument("--local-worker-args", default="", help="extra flags for local workers, one string")
@@ -78,7 +86,8 @@ def _ctl_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudq", description="A cluster task queue.")
     parser.add_argument("--version", action="version", version=f"cloudq {__version__}")
-    parser.add_argument("--log-level", default=_env("log_level", "INFO"))
+    parser.add_argument("--log-level", default=os.environ.get("CLOUDQ_LOG_LEVEL"),
+                        help="DEBUG, INFO, WARNING... (default: INFO; WARNING under the master> shell)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_master_parser, _worker_parser, _certs_parser, _ctl_parser):
         add(sub)
@@ -90,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     # Many threads wait on sockets and locks and each holds the GIL briefly: hand it over
     # sooner than the default 5 ms, or a woken RPC thread idles behind a busy one.
     sys.setswitchinterval(float(os.environ.get("CLOUDQ_SWITCH_INTERVAL", "0.0005")))
-    logging.basicConfig(level=str(args.log_level).upper(), stream=sys.stderr,
+    quiet_shell = args.command == "master" and not args.no_shell
+    level = (args.log_level or ("WARNING" if quiet_shell else "INFO")).upper()
+    if level not in logging.getLevelNamesMapping():
+        raise SystemExit(f"cloudq: unknown log level {args.log_level!r}")
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
@@ -120,10 +133,6 @@ def _master(args: argparse.Namespace) -> int:
         max_queued=args.max_queued, strategy=args.strategy, aging_s=args.aging,
         quarantine_after=args.quarantine_after,
     )
-    if args.no_shell:
-        logging.getLogger().setLevel(logging.INFO)
-    else:
-        logging.getLogger().setLevel(logging.WARNING)  # keep the prompt readable
     return run_master(MasterOptions(
         bind=args.bind, port=args.port, data_dir=args.data_dir, config=config,
         metrics_port=args.metrics_port, local_workers=args.local_workers, shell=not args.no_shell,
@@ -158,7 +167,7 @@ def _certs(args: argparse.Namespace) -> int:
         hosts = [h for h in args.hosts.split(",") if h] or ["localhost", "127.0.0.1"]
         written = tls.init_cluster(args.dir, workers, hosts)
     else:
-        written = tls.issue(args.dir, args.name)
+        written = tls.issue_worker(args.dir, args.name)
     for path in written:
         print(path)
     return 0

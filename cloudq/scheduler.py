@@ -170,10 +170,11 @@ class Scheduler:
         while heads and open_workers:
             _, shape = heapq.heappop(heads)
             task = tasks[backlog.head_of(shape)]  # type: ignore[index]
-            reason = locks.blocker(task.locks) if task.locks else None
-            chosen = None
-            if reason is None:
-                chosen, reason = self._choose(task, shape[4], open_workers, reserved, len(ledgers))
+            held = locks.blocker(task.locks) if task.locks else None
+            if held:  # no worker can help: wait for the lock, reserve nothing
+                backlog.reasons[shape] = held
+                continue
+            chosen, reason = self._choose(task, shape[4], open_workers, reserved, len(ledgers))
             if chosen is None:
                 backlog.reasons[shape] = reason
                 if task.queued_at is not None and now - task.queued_at >= self.aging_s:
@@ -238,4 +239,6 @@ class Scheduler:
 
 
 def _all_full(count: int) -> str:
+    if count == 0:
+        return "No workers available"
     return f"All {count} workers with room are taken: every worker is at its task limit"

@@ -42,7 +42,7 @@ def drain_command(ctx: Context, args: argparse.Namespace) -> Result:
     return Result(status=f"{args.worker} is draining; `release {args.worker}` undoes it")
 
 
-@command("status", "Cluster summary: tasks by state, workers, queue, store.")
+@command("status", "Cluster summary: tasks by state, workers, queue.")
 def status_command(ctx: Context, args: argparse.Namespace) -> Result:
     summary = ctx.master.summary()
     rows = [[key, value] for key, value in summary.items() if not isinstance(value, dict)]

@@ -89,11 +89,17 @@ class MasterProcess:
         print("cloudq master stopped", file=sys.stderr, flush=True)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_master(options: MasterOptions) -> int:
     os.makedirs(options.data_dir, exist_ok=True)
     process = MasterProcess(options)
     try:
         if options.shell and sys.stdin.isatty():
+            # SIGTERM leaves the shell through the same clean stop as `quit`.
+            signal.signal(signal.SIGTERM, _exit_on_signal)
             from cloudq.shell import run_shell
 
             run_shell(process.master, process.address)

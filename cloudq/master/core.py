@@ -96,10 +96,10 @@ class Master:
                 self.tasks[task.id] = task
                 top = max(top, task.seq)
                 if task.state is S.QUEUED:
-                    self._enqueue(task)
+                    self._enqueue(task, since=task.queued_at)
                 elif task.state is S.RETRYING:
                     self._retrying.add(task.id)
-                elif task.state.is_active or (task.state is S.CANCELLED and task.worker):
+                elif task.state.is_active or _awaiting_kill(task):
                     self.locks.acquire(task.id, task.locks)
                     record = self._worker(task.worker or "?")
                     record.last_seen = now  # give it one lease to come back
@@ -145,8 +145,9 @@ class Master:
                 self.backlog.remove(task.id)
             if task.state.is_active:
                 self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+            holds_worker = task.state.is_active
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
-            if not task.worker:
+            if not holds_worker:  # otherwise finished when the worker confirms the kill
                 task.finished_at = now
             ticket = self._flush()
         self.journal.wait(ticket)
@@ -187,8 +188,10 @@ class Master:
                 task.state.is_active
             ):
                 record.ledger.book(task.id, task.resources)
-                self.events.add(Event(task.id, task.state, task.state, "re-adopted after reconnect",
-                                      record.name, attempt, now))
+                event = Event(task.id, task.state.value, task.state.value, "re-adopted after reconnect",
+                              record.name, attempt, now)
+                self.events.add(event)
+                self._pending.append(("event", event.to_dict()))
             else:
                 stop.append(task_id)
         for task_id in old:
@@ -277,7 +280,8 @@ class Master:
             return
         error = str(result.get("error") or outcome)[:2000]
         task.last_error = error
-        record.consecutive_failures += 1
+        if outcome == "failed":  # a cancel or a timeout says nothing about the worker's health
+            record.consecutive_failures += 1
         if record.consecutive_failures >= self.config.quarantine_after and not record.quarantined:
             record.quarantined = True
         self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
@@ -421,7 +425,8 @@ class Master:
         if task.state is S.QUEUED:
             out["reason"] = self.backlog.reason_for(task.id) or "Waiting for the next placement pass"
         elif task.state is S.RETRYING:
-            out["reason"] = f"Retrying at {task.not_before:.0f} after: {task.last_error}"
+            wait = max((task.not_before or 0) - self.clock(), 0.0)
+            out["reason"] = f"Retrying in {wait:.1f}s after: {task.last_error}"
         return out
 
     def why(self, task_id: str) -> dict[str, Any]:
@@ -543,8 +548,8 @@ class Master:
             caps = self._capabilities[key] = required_capabilities(task.kind, task.spec)
         return caps
 
-    def _enqueue(self, task: Task) -> None:
-        task.queued_at = self.clock()
+    def _enqueue(self, task: Task, since: float | None = None) -> None:
+        task.queued_at = since or self.clock()  # kept across a restart: TTL and aging go on
         task.worker = None
         task.not_before = None
         self.backlog.add(task, self._required(task))
@@ -597,6 +602,11 @@ class Master:
 _OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
 _LOG_TAIL_CHARS = 8192
+
+
+def _awaiting_kill(task: Task) -> bool:
+    """Cancelled while on a worker, and the worker has not yet confirmed it stopped."""
+    return task.state is S.CANCELLED and bool(task.worker) and task.finished_at is None
 
 
 def _overdue(task: Task, now: float) -> bool:

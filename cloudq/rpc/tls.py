@@ -54,14 +54,30 @@ def init_cluster(directory: Path, workers: list[str], hosts: list[str]) -> list[
     written += issue(directory, MASTER_NAME, file_stem="master", extra_names=hosts)
     written += issue(directory, ADMIN_NAME, file_stem="admin")
     for worker in workers:
-        written += issue(directory, worker)
+        written += issue_worker(directory, worker)
     return written
+
+
+RESERVED_FILES = {"ca", "master", "admin"}
+
+
+def issue_worker(directory: Path, name: str) -> list[Path]:
+    """`cloudq certs issue`: a worker certificate. Never the master's or admin's name, and never
+    over an existing file (that would silently hand out or replace an identity)."""
+    check_name("worker name", name)
+    if name in (MASTER_NAME, ADMIN_NAME) or name in RESERVED_FILES:
+        raise CloudqError(f"{name!r} is reserved; choose another worker name")
+    if (directory / f"{name}.pem").exists() or (directory / f"{name}.key").exists():
+        raise CloudqError(f"{directory}/{name}.pem exists; remove it first to re-issue")
+    return issue(directory, name)
 
 
 def issue(directory: Path, common_name: str, *, file_stem: str | None = None,
           extra_names: list[str] = ()) -> list[Path]:  # type: ignore[assignment]
     """A certificate for one identity, signed by the CA in `directory`."""
     check_name("certificate name", common_name)
+    if not (directory / "ca.key").is_file():
+        raise CloudqError(f"no CA in {directory}; make one with `cloudq certs init {directory}`")
     ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -81,8 +97,9 @@ def issue(directory: Path, common_name: str, *, file_stem: str | None = None,
         .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        .add_extension(  # the master serves; everyone else only connects
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if common_name == MASTER_NAME
+                                   else ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]

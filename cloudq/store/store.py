@@ -211,9 +211,11 @@ class Store:
         self._require_open()
         self._checkpoint()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, only_if_due: bool = False) -> None:
         assert self._writer is not None and self._commit is not None
         with self._checkpoint_lock:
+            if only_if_due and not self._due():
+                return  # an explicit checkpoint() ran while this one waited for the lock
             started = time.perf_counter()
             try:
                 # Rotate first: the finished segment then ends at or below the snapshot's
@@ -244,6 +246,11 @@ class Store:
         if self._step_hook is not None:
             self._step_hook(name)
 
+    def _due(self) -> bool:
+        changes = self._changes_since_checkpoint
+        elapsed = time.monotonic() - self._last_checkpoint_mono
+        return changes >= self._every or (changes > 0 and elapsed >= self._interval)
+
     def _background(self) -> None:
         while not self._stop.is_set():
             due = self._last_checkpoint_mono + self._interval
@@ -251,17 +258,14 @@ class Store:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if self._changes_since_checkpoint >= self._every or (
-                self._changes_since_checkpoint > 0
-                and time.monotonic() - self._last_checkpoint_mono >= self._interval
-            ):
+            if self._due():
                 self._checkpoint_in_background()
             elif time.monotonic() >= due:
                 self._last_checkpoint_mono = time.monotonic()  # nothing changed: wait again
 
     def _checkpoint_in_background(self) -> None:
         try:
-            self._checkpoint()
+            self._checkpoint(only_if_due=True)
         except Exception as exc:  # the thread must survive whatever went wrong
             # The journal still holds everything, so nothing is lost; it just grows.
             self._counters["checkpoint_errors"] += 1

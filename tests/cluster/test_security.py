@@ -156,3 +156,15 @@ def test_hostile_rpc_calls_get_clear_errors_and_change_nothing(cluster):
     assert "arguments must be JSON text" in json.loads(client.conn.root.submit({"tasks": []}))["error"]
     assert crashes == 0
     assert master.ctl("status")["tasks"] == before
+
+
+def test_certs_issue_never_hands_out_or_replaces_an_identity(tmp_path):
+    tls.init_cluster(tmp_path, ["w1"], [])
+    master_pem = (tmp_path / "master.pem").read_bytes()
+    for name in ("cloudq-master", "cloudq-admin", "master", "admin", "ca", "w1"):
+        with pytest.raises(CloudqError, match="reserved|exists"):
+            tls.issue_worker(tmp_path, name)
+    assert (tmp_path / "master.pem").read_bytes() == master_pem
+    assert [p.name for p in tls.issue_worker(tmp_path, "w9")] == ["w9.pem", "w9.key"]
+    with pytest.raises(CloudqError, match="ca.pem exists"):
+        tls.init_cluster(tmp_path, [], [])
