@@ -35,6 +35,8 @@ from cloudq.worker.runners import (
 
 log = logging.getLogger("cloudq.worker")
 
+LEASE_SAFETY = 0.8  # a cut-off worker stops its tasks at this fraction of the lease
+
 
 @dataclass
 class WorkerOptions:
@@ -73,6 +75,8 @@ class WorkerAgent:
         self._fetch_conn: MasterClient | None = None
         self._report_conn: MasterClient | None = None
         self._heartbeat_s = defaults.HEARTBEAT_S
+        self._lease_s = defaults.LEASE_S
+        self._last_contact = time.monotonic()
         # Threads are reused: a task costs a queue hand-off, not a thread start. Headroom beyond
         # max_tasks covers re-adopted tasks still finishing after a reconnect.
         self._pool = ThreadPoolExecutor(max_workers=options.max_tasks * 2, thread_name_prefix="task")
@@ -106,7 +110,7 @@ class WorkerAgent:
             except (ConnectionError, OSError, EOFError, CloudqError) as err:
                 log.warning("cannot register with %s: %s; retrying in %.1fs", self.options.master, err, delay)
                 self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 1.0 if self.running else 5.0)  # hurry back to re-adopt
 
     def _connect_once(self) -> None:
         self._close_connections()
@@ -120,6 +124,8 @@ class WorkerAgent:
             self._fetch_conn, self._report_conn = fetch, report
             self._session = reply["session"]
             self._heartbeat_s = float(reply.get("heartbeat_s") or defaults.HEARTBEAT_S)
+            self._lease_s = float(reply.get("lease_s") or defaults.LEASE_S)
+            self._last_contact = time.monotonic()
             self._generation += 1
         for task_id in reply.get("stop") or []:
             self._cancel(task_id, None)
@@ -139,6 +145,7 @@ class WorkerAgent:
         self.connect()
         reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
         reporter.start()
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         while not self.stopping.is_set():
             generation = self._generation
             try:
@@ -147,10 +154,27 @@ class WorkerAgent:
             except (ConnectionError, NotFoundError) as err:
                 self._lost_master(generation, err)
                 continue
+            self._last_contact = time.monotonic()
             for instruction in instructions:
                 self._obey(instruction)
         self._stop_tasks()
         reporter.join(timeout=10)  # it leaves once the last outcome is sent
+
+    def _watchdog(self) -> None:
+        """Kills running tasks once the master has been unreachable for most of the lease.
+
+        The master requeues a silent worker's tasks when its lease runs out; stopping ours a
+        little before that keeps two attempts of one task from ever running at the same time.
+        """
+        while not self.stopping.wait(0.2):
+            silent = time.monotonic() - self._last_contact
+            if silent > LEASE_SAFETY * self._lease_s and self.running:
+                log.warning("master unreachable for %.1fs of a %.1fs lease: stopping %d task(s)",
+                            silent, self._lease_s, len(self.running))
+                with self._lock:
+                    entries = list(self.running.values())
+                for entry in entries:
+                    entry.cancel.set()
 
     def _lost_master(self, generation: int, err: Exception) -> None:
         with self._lock:
@@ -190,6 +214,7 @@ class WorkerAgent:
                     return
                 self._lost_master(generation, err)
                 continue
+            self._last_contact = time.monotonic()
             for task_id in reply.get("refused") or []:
                 self._cancel(task_id, None)  # the master gave it to someone else: stop it here
             return

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import time
+
+import psutil
 
 from tests.cluster.harness import wait_until
 
@@ -35,7 +38,7 @@ def test_killed_worker_task_is_requeued_within_lease_and_runs_elsewhere(cluster)
 def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluster, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    master = cluster.start_master()
+    master = cluster.start_master("--lease", "10")  # the restart fits well inside the lease
     cluster.start_worker("w1", "--cpu-cores", "8", "--max-tasks", "6")
     cluster.start_worker("w2", "--cpu-cores", "8", "--max-tasks", "6")
     ids = []
@@ -49,7 +52,7 @@ def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluste
     port = master.port
     master.kill()
 
-    restarted = cluster.start_master(port=port)
+    restarted = cluster.start_master("--lease", "10", port=port)
     assert restarted.port == port
     for i in ids:
         done = restarted.wait_state(i, {"completed", "failed", "dead"}, timeout=30)
@@ -61,3 +64,36 @@ def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluste
     assert after["state"] == "queued" and after["seq"] == before[queued_more[0]]["seq"]
     story = [e["reason"] for e in restarted.task(ids[0])["events"]]
     assert "re-adopted after reconnect" in story
+
+
+def test_cut_off_worker_stops_its_task_before_the_lease_ends(cluster):
+    """Never two live attempts: the master is frozen (SIGSTOP), so the worker cannot reach it;
+    the worker kills attempt 1 before the lease ends, and attempt 2 runs after it."""
+    master = cluster.start_master()  # lease 3 s
+    cluster.start_worker("w1")
+    task = master.ctl("task", "--exec", "sleep 30", "--backoff", "0")
+    master.wait_state(task["id"], "running")
+    wait_until(lambda: _attempt_procs(task["id"], "1"), 10, "attempt 1 to start")
+    master.close_client()
+    master.proc.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        wait_until(lambda: not _attempt_procs(task["id"], "1"), 5, "the cut-off worker to stop attempt 1")
+        assert time.monotonic() - frozen_at < 3.0, "attempt 1 outlived the lease"
+    finally:
+        master.proc.send_signal(signal.SIGCONT)
+    second = wait_until(lambda: (t := master.task(task["id"]))["attempt"] == 2 and t, 15, "attempt 2")
+    assert second["state"] in ("assigned", "running")
+    assert not _attempt_procs(task["id"], "1")
+
+
+def _attempt_procs(task_id: str, attempt: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            env = proc.environ() if proc.info["cmdline"][:1] == ["sleep"] else {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+            continue
+        if env.get("CLOUDQ_TASK_ID") == task_id and env.get("CLOUDQ_ATTEMPT") == attempt:
+            found.append(proc)
+    return found
