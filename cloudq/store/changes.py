@@ -161,4 +161,5 @@ class Mirror:
 
     def snapshot(self, lsn: int) -> Snapshot:
         # Plain C-level copies: a few milliseconds for 100k records, so appends wait little.
-        return Snapshot(lsn, list(self.records.values()), list(self.events), list(self.meta.items()))
+        records, events = list(self.records.values()), list(self.events)
+        return Snapshot(lsn, records, events, list(self.meta.items()))

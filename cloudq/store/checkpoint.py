@@ -252,7 +252,8 @@ def _build(path: Path, header: dict, doc: dict, text: str) -> LoadedCheckpoint:
     loaded = LoadedCheckpoint(path, header["lsn"])
     ids = [record["id"] for record in records.values()]
     loaded.records = dict(zip(ids, records.values(), strict=True))
-    loaded.record_texts = dict(zip(ids, _item_texts(text, header["spans"]["records"], n), strict=True))
+    texts = _item_texts(text, header["spans"]["records"], n)
+    loaded.record_texts = dict(zip(ids, texts, strict=True))
     loaded.events = list(events.values())
     loaded.event_texts = _item_texts(text, header["spans"]["events"], m)
     for item in meta.values():

@@ -88,11 +88,12 @@ def replay(segments: list[Segment], after_lsn: int, apply: Apply) -> int:
                 f"{need}..{segment.base - 1} are in no checkpoint and no segment: refusing to "
                 "load a state with acknowledged changes missing"
             )
-        need = _replay_segment(segment, after_lsn, need, apply, is_last)
+        need = _replay_segment(segment, need, apply, is_last)
     return need
 
 
-def _replay_segment(segment: Segment, after_lsn: int, need: int, apply: Apply, is_last: bool) -> int:
+def _replay_segment(segment: Segment, need: int, apply: Apply, is_last: bool) -> int:
+    """Replay one segment's lines from lsn ``need`` on; return the next lsn needed."""
     data = segment.path.read_bytes()
     lines = data.split(b"\n")
     lines.pop()  # the piece after the final newline: b"" or a torn line without newline
@@ -102,7 +103,7 @@ def _replay_segment(segment: Segment, after_lsn: int, need: int, apply: Apply, i
     for number, line in enumerate(lines, start=1):
         parsed = _parse(line)
         if parsed is None or parsed[0] != expected:
-            if is_last and number == len(lines) and not torn_tail:
+            if parsed is None and is_last and number == len(lines) and not torn_tail:
                 _truncate(segment.path, offset, f"line {number} is garbled")
                 break
             raise StoreError(_bad_line_message(segment.path, number, parsed, expected))
@@ -139,10 +140,14 @@ def _apply_line(path: Path, number: int, lsn: int, payload: bytes, apply: Apply)
     try:
         apply(lsn, payload.decode("ascii"))
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise StoreError(f"{path}: line {number} has a valid checksum but cannot be read: {exc}") from exc
+        raise StoreError(
+            f"{path}: line {number} has a valid checksum but cannot be read: {exc}"
+        ) from exc
 
 
-def _bad_line_message(path: Path, number: int, parsed: tuple[int, bytes] | None, expected: int) -> str:
+def _bad_line_message(
+    path: Path, number: int, parsed: tuple[int, bytes] | None, expected: int
+) -> str:
     if parsed is None:
         return (
             f"{path}: line {number} is corrupt (checksum mismatch or garbled) and is not the "

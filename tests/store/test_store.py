@@ -130,7 +130,9 @@ def test_fsync_off_counts_no_fsyncs(open_store: OpenStore) -> None:
         [("put", make_task(1)), ("put", {"id": "bad", "set": {1}})],
     ],
 )
-def test_bad_changes_are_refused_and_nothing_is_stored(open_store: OpenStore, changes: list) -> None:
+def test_bad_changes_are_refused_and_nothing_is_stored(
+    open_store: OpenStore, changes: list
+) -> None:
     store, _ = reload(open_store)
     with pytest.raises(StoreError):
         store.append(changes)
