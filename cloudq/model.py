@@ -229,16 +229,22 @@ class Task:
         return (self.queue.rank, self.priority.rank, self.seq)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only. On the hot path (every state change is journalled): no asdict()."""
-        out = {name: getattr(self, name) for name in _TASK_FIELDS}
-        out["queue"] = self.queue.value
-        out["priority"] = self.priority.value
-        out["state"] = self.state.value
-        out["resources"] = self.resources.to_dict()
-        out["locks"] = [lock.to_dict() for lock in self.locks]
-        out["labels"] = dict(self.labels)
-        out["tried_workers"] = list(self.tried_workers)
-        return out
+        """Plain values only. Written out field by field: this is on the hot path (every state
+        change is journalled) and a literal is several times faster than asdict()."""
+        return {
+            "id": self.id, "kind": self.kind, "spec": self.spec, "name": self.name,
+            "owner": self.owner, "queue": self.queue.value, "priority": self.priority.value,
+            "resources": self.resources.to_dict(), "target_worker": self.target_worker,
+            "labels": dict(self.labels), "locks": [lock.to_dict() for lock in self.locks],
+            "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
+            "timeout_s": self.timeout_s, "ttl_s": self.ttl_s, "state": self.state.value,
+            "seq": self.seq, "attempt": self.attempt, "placement_attempts": self.placement_attempts,
+            "last_error": self.last_error, "reason": self.reason, "worker": self.worker,
+            "tried_workers": list(self.tried_workers), "created_at": self.created_at,
+            "updated_at": self.updated_at, "queued_at": self.queued_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "not_before": self.not_before, "progress": self.progress,
+            "result": self.result,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Task:
@@ -250,9 +256,6 @@ class Task:
         data["resources"] = Resources(**data.get("resources") or {})
         data["locks"] = tuple(LockSpec(**lock) for lock in data.get("locks") or ())
         return cls(**data)
-
-
-_TASK_FIELDS = tuple(f.name for f in fields(Task))
 
 
 def parse_request(raw: Any) -> dict[str, Any]:

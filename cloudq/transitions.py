@@ -11,7 +11,7 @@ bug shows up as a story, not as a silently corrupted queue.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cloudq.errors import TransitionError
@@ -85,13 +85,15 @@ def move(
     *,
     now: float,
     reason: str | None = None,
-    history: Iterable[Event] = (),
+    history: Iterable[Event] | Callable[[], Iterable[Event]] = (),
 ) -> Event:
-    """Moves `task` to `dst` in place and returns the event that records it."""
+    """Moves `task` to `dst` in place and returns the event that records it. `history` may be
+    a function, so the story is only gathered when a move is refused."""
     src = task.state
     meaning = ALLOWED.get((src, dst))
     if meaning is None:
-        story = "; ".join(str(e) for e in list(history)[-5:]) or "no earlier events"
+        events = history() if callable(history) else history
+        story = "; ".join(str(e) for e in list(events)[-5:]) or "no earlier events"
         raise TransitionError(
             f"task {task.id} cannot move from {src.value} to {dst.value}. Its last events: {story}"
         )

@@ -14,6 +14,7 @@ import itertools
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,7 @@ class Master:
         self._pending: list[tuple] = []  # its events, in order
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
         self._capabilities: dict[str, frozenset[str]] = {}
+        self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
@@ -94,6 +96,7 @@ class Master:
             for raw in records:
                 task = Task.from_dict(raw)
                 self.tasks[task.id] = task
+                self._counts[task.state] += 1
                 top = max(top, task.seq)
                 if task.state is S.QUEUED:
                     self._enqueue(task, since=task.queued_at)
@@ -128,6 +131,7 @@ class Master:
                     raise ValidationError(f"{prefix}{err}") from None
             for task in tasks:
                 self.tasks[task.id] = task
+                self._counts[S.PENDING] += 1
                 self._move(task, S.QUEUED, now, "submitted")
                 self._enqueue(task)
             self._place(now)
@@ -519,11 +523,9 @@ class Master:
             }
 
     def counts(self) -> dict[str, int]:
+        """Tasks by state, kept up to date by every move: O(1), however many tasks there are."""
         with self._lock:
-            out = dict.fromkeys((s.value for s in S), 0)
-            for task in self.tasks.values():
-                out[task.state.value] += 1
-            return out
+            return {state.value: self._counts[state] for state in S}
 
     # ------------------------------------------------------------------ internals
     def _worker(self, name: str) -> WorkerRecord:
@@ -572,7 +574,10 @@ class Master:
         self._wakeups[record.name].notify_all()
 
     def _move(self, task: Task, dst: TaskState, now: float, reason: str | None = None) -> None:
-        event = move(task, dst, now=now, reason=reason, history=self.events.story(task.id))
+        src = task.state
+        event = move(task, dst, now=now, reason=reason, history=lambda: self.events.story(task.id))
+        self._counts[src] -= 1
+        self._counts[dst] += 1
         if dst is S.RETRYING:
             self._retrying.add(task.id)
         else:

@@ -103,7 +103,9 @@ class MasterService(rpyc.Service):
     def exposed_submit(self, payload: Any) -> list[dict[str, Any]]:
         self._as_admin()
         tasks = self.master.submit(_field(payload, "tasks", list))
-        return [self.master.view(t) for t in tasks]
+        # A script may send thousands: answer with what it needs to follow them, not whole records.
+        return [{"id": t.id, "name": t.name, "state": t.state.value, "worker": t.worker,
+                 "attempt": t.attempt} for t in tasks]
 
     @endpoint
     def exposed_call(self, payload: Any) -> dict[str, Any]:

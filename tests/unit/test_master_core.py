@@ -211,3 +211,17 @@ def test_drain_and_release(master):
         master.release_worker("w")
     with pytest.raises(NotFoundError):
         master.drain_worker("nope")
+
+
+def test_counts_follow_every_move(master, clock):
+    s = worker(master, "w", max_tasks=1)
+    a, b, c = master.submit([noop(), noop(), noop(max_retries=0)])
+    master.cancel(b.id)
+    master.report("w", s, [{"task": a.id, "attempt": 1, "state": "completed"}])
+    expected: dict[str, int] = {}
+    for task in master.tasks.values():
+        expected[task.state.value] = expected.get(task.state.value, 0) + 1
+    assert {k: v for k, v in master.counts().items() if v} == expected
+    clock.now += 11
+    master.tick()
+    assert sum(master.counts().values()) == 3 and master.counts()["dead"] == 1

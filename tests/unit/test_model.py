@@ -47,3 +47,10 @@ def test_bad_fields_are_refused_with_a_clear_message(raw, message):
     with pytest.raises(ValidationError) as err:
         parse_request(raw)
     assert message in str(err.value)
+
+
+def test_to_dict_covers_every_field():
+    from dataclasses import fields
+
+    task = new_task({"kind": "noop"}, task_id="t1", seq=1, now=1.0)
+    assert set(task.to_dict()) == {f.name for f in fields(Task)}
