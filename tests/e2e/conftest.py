@@ -1,0 +1,256 @@
+"""End-to-end helpers: the real `master>` shell in a private tmux server, free loopback ports,
+and the external tools these tests drive (which must be installed: a missing one fails)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.cluster.harness import ROOT, wait_until
+
+PROMPT = "master>"  # the prompt as capture-pane shows it, trailing space stripped
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (not on PATH); the end-to-end tests need it"
+    return path
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procs_mentioning(text: str) -> list[psutil.Process]:
+    """Live processes whose command line mentions `text` (a test's unique temporary dir)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(text in arg for arg in cmdline):
+            found.append(proc)
+    return found
+
+
+def _tmux_env() -> dict[str, str]:
+    """The environment for tmux (and so for the master in it). Built from os.environ on purpose:
+    GNU readline, once loaded in this process, exports COLUMNS=80 and LINES=24 into the C-level
+    environment a plain subprocess inherits, and the shell would then size its tables for 80
+    columns instead of the pane's 200."""
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
+
+
+class TmuxShell:
+    """One `cloudq master` with its interactive shell, in a tmux server of its own (own socket,
+    no user config), so nothing here touches anybody else's tmux."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmux = require_tool("tmux")
+        self.tmp = tmp
+        self.data_dir = tmp / "data"
+        self.work_dir = tmp / "work"
+        self.history = tmp / "history"
+        self.socket = f"cloudq-e2e-{uuid.uuid4().hex[:12]}"
+        self.session = "master"
+        self.pane_pid = 0
+        self.address = ""
+
+    def start(self, *extra: str) -> TmuxShell:
+        conf = self.tmp / "tmux.conf"
+        # remain-on-exit: when the master ends, the pane stays so its exit status can be read.
+        conf.write_text("set -g remain-on-exit on\nset -g history-limit 50000\n")
+        command = shlex.join([
+            sys.executable, "-m", "cloudq", "master", "--port", "0",
+            "--data-dir", str(self.data_dir), "--local-workers", "1", "--interval", "300",
+            # Task directories under this test's tmp dir, which also names the worker uniquely.
+            "--local-worker-args", f"--work-dir {self.work_dir}", *extra,
+        ])
+        self._tmux("-f", str(conf), "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                   "-c", str(ROOT), "-e", f"CLOUDQ_HISTORY={self.history}", command)
+        self.pane_pid = int(self._pane_format("#{pane_pid}"))
+        match = self.wait(lambda: _LISTENING.search(self.screen()), 30, "the 'listening on' line")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+        self.wait_prompt(after=-1)
+        return self
+
+    # ------------------------------------------------------------------ tmux plumbing
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True,
+                              text=True, timeout=10, env=_tmux_env())
+        assert done.returncode == 0, f"tmux {' '.join(args)} failed: {done.stderr.strip()}"
+        return done.stdout
+
+    def _pane_format(self, fmt: str) -> str:
+        return self._tmux("list-panes", "-t", self.session, "-F", fmt).strip()
+
+    def lines(self) -> list[str]:
+        """Everything the pane has shown (scrollback and screen), wrapped lines joined, with
+        trailing blank lines dropped: the last line is where the cursor's prompt is."""
+        text = self._tmux("capture-pane", "-p", "-J", "-S", "-", "-t", self.session)
+        lines = [line.rstrip() for line in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    def screen(self) -> str:
+        return "\n".join(self.lines())
+
+    def styled_lines(self) -> list[str]:
+        """As lines(), with the colours as escape sequences."""
+        text = self._tmux("capture-pane", "-p", "-e", "-J", "-S", "-", "-t", self.session)
+        return [line.rstrip() for line in text.splitlines()]
+
+    def type(self, text: str) -> None:
+        self._tmux("send-keys", "-t", self.session, "-l", text)
+
+    def key(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", self.session, *keys)
+
+    # ------------------------------------------------------------------ as a person would
+    def current_line(self) -> str:
+        lines = self.lines()
+        return lines[-1] if lines else ""
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+        """wait_until, with the screen as it is at the deadline in the failure message."""
+        try:
+            return wait_until(predicate, timeout, what, every)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the pane shows:\n{self.tail()}") from None
+
+    def wait_line(self, line: str, timeout: float = 10) -> None:
+        """Waits until the cursor's line reads exactly `line` (the prompt included)."""
+        self.wait(lambda: self.current_line() == line, timeout, f"the current line to be {line!r}")
+
+    def wait_prompt(self, after: int, timeout: float = 20) -> int:
+        """Waits for an empty `master>` prompt on a line past index `after`; returns its index."""
+        def ready() -> int | None:
+            lines = self.lines()
+            last = len(lines) - 1
+            return last if last > after and lines[last] == PROMPT else None
+
+        return self.wait(ready, timeout, f"an empty prompt after line {after}")
+
+    def idle_prompt(self) -> int:
+        """Index of the empty prompt the shell is sitting at (fails if it is not at one)."""
+        return self.wait_prompt(after=-1, timeout=10)
+
+    def run(self, line: str, timeout: float = 20) -> list[str]:
+        """Types a line and Enter at an empty prompt; returns what was printed before the next
+        prompt came back."""
+        start = self.idle_prompt()
+        typed = f"{PROMPT} {line}"
+        self.type(line)
+        # startswith: a suggestion from history may be shown after the cursor.
+        self.wait(lambda: self.current_line().startswith(typed), 10, f"the typed line {line!r}",
+                  every=0.05)
+        self.key("Enter")
+        end = self.wait_prompt(after=start, timeout=timeout)
+        lines = self.lines()
+        assert lines[start].startswith(typed), f"the command line was {lines[start]!r}"
+        return lines[start + 1:end]
+
+    def run_until(self, line: str, check: Callable[[list[str]], object], timeout: float,
+                  what: str) -> list[str]:
+        """Runs `line` again and again until its output passes `check`."""
+        seen: list[list[str]] = []
+
+        def attempt() -> list[str] | None:
+            out = self.run(line)
+            seen.append(out)
+            return out if check(out) else None
+
+        try:
+            return wait_until(attempt, timeout, what, every=0.3)
+        except AssertionError as err:
+            last = "\n".join(seen[-1]) if seen else "(nothing)"
+            raise AssertionError(f"{err}; last output of {line!r}:\n{last}") from None
+
+    def tail(self, count: int = 40) -> str:
+        try:
+            return "\n".join(self.lines()[-count:])
+        except AssertionError as err:
+            return f"(no pane: {err})"
+
+    def pane_dead(self) -> tuple[bool, int | None]:
+        dead, status = self._pane_format("#{pane_dead} #{pane_dead_status}").partition(" ")[::2]
+        return dead == "1", int(status) if status.strip() else None
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Waits for the pane's process to end; returns its exit status.
+
+        Debian's tmux is built with libutempter, whose helper briefly installs its own SIGCHLD
+        handler when a pane's pty closes; a child that exits in that window is left a zombie and
+        its status never read (tmux/tmux#311, #4559). The workaround given there: send the tmux
+        server (our own, private one) a SIGCHLD, which makes it reap the pane's process."""
+        self.wait(lambda: self.pane_dead()[0], timeout, "the pane's process to exit")
+        server = int(self._tmux("display-message", "-p", "#{pid}").strip())
+
+        def status() -> int | None:
+            code = self.pane_dead()[1]
+            if code is None:
+                os.kill(server, signal.SIGCHLD)
+            return code
+
+        code = wait_until(lambda: (c := status()) is not None and (c,), 10,
+                          "tmux to read the pane's exit status", every=0.2)
+        return code[0]
+
+    def local_worker(self) -> psutil.Process:
+        """The master's local worker process, found by its command line (our unique work dir)."""
+        def find() -> psutil.Process | None:
+            procs = [p for p in procs_mentioning(str(self.work_dir))
+                     if "worker" in p.info["cmdline"]]
+            return procs[0] if len(procs) == 1 else None
+
+        return wait_until(find, 15, f"one local worker process with {self.work_dir} in its command line")
+
+    def close(self) -> None:
+        """Kills the tmux server and anything of this test that outlived it."""
+        with contextlib.suppress(Exception):
+            subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True,
+                           timeout=10, env=_tmux_env())
+        leftovers = procs_mentioning(f"{self.tmp}{os.sep}")
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _gone, alive = psutil.wait_procs(leftovers, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+@pytest.fixture
+def start_shell(tmp_path: Path) -> Iterator[Callable[..., TmuxShell]]:
+    """Starts a fresh master shell for one test; stopped (tmux server killed) even on failure."""
+    shells: list[TmuxShell] = []
+
+    def start(*extra: str) -> TmuxShell:
+        tmp = tmp_path / f"shell{len(shells)}"
+        tmp.mkdir()
+        shell = TmuxShell(tmp)
+        shells.append(shell)  # registered before it starts, so a failed start is cleaned up too
+        return shell.start(*extra)
+
+    try:
+        yield start
+    finally:
+        for shell in shells:
+            shell.close()
