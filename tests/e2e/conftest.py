@@ -69,6 +69,7 @@ class TmuxShell:
         self.history = tmp / "history"
         self.socket = f"cloudq-e2e-{uuid.uuid4().hex[:12]}"
         self.session = "master"
+        self.socket_path: Path | None = None
         self.pane_pid = 0
         self.address = ""
 
@@ -84,6 +85,7 @@ class TmuxShell:
         ])
         self._tmux("-f", str(conf), "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
                    "-c", str(ROOT), "-e", f"CLOUDQ_HISTORY={self.history}", command)
+        self.socket_path = Path(self._tmux("display-message", "-p", "#{socket_path}").strip())
         self.pane_pid = int(self._pane_format("#{pane_pid}"))
         match = self.wait(lambda: _LISTENING.search(self.screen()), 30, "the 'listening on' line")
         self.address = f"{match.group(1)}:{match.group(2)}"
@@ -235,6 +237,8 @@ class TmuxShell:
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+        if self.socket_path is not None:
+            self.socket_path.unlink(missing_ok=True)
 
 
 @pytest.fixture
