@@ -431,6 +431,8 @@ class Master:
         elif task.state is S.RETRYING:
             wait = max((task.not_before or 0) - self.clock(), 0.0)
             out["reason"] = f"Retrying in {wait:.1f}s after: {task.last_error}"
+        elif task.state is S.RUNNING and task.progress:
+            out["reason"] = _progress_line(task.progress)
         return out
 
     def why(self, task_id: str) -> dict[str, Any]:
@@ -607,6 +609,18 @@ class Master:
 _OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
 _LOG_TAIL_CHARS = 8192
+
+
+def _progress_line(progress: dict[str, Any]) -> str:
+    """e.g. "42.0% at 118 fps, 2.1x" for the queue listing."""
+    parts = []
+    if isinstance(progress.get("percent"), int | float):
+        parts.append(f"{progress['percent']:.1f}%")
+    if isinstance(progress.get("fps"), int | float):
+        parts.append(f"at {progress['fps']:.0f} fps")
+    if isinstance(progress.get("speed"), int | float):
+        parts.append(f"{progress['speed']:.2f}x")
+    return "Running: " + ", ".join(parts) if parts else "Running"
 
 
 def _awaiting_kill(task: Task) -> bool:

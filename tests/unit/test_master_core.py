@@ -225,3 +225,12 @@ def test_counts_follow_every_move(master, clock):
     clock.now += 11
     master.tick()
     assert sum(master.counts().values()) == 3 and master.counts()["dead"] == 1
+
+
+def test_progress_shows_in_the_listing(master):
+    s = worker(master, "w")
+    (task,) = master.submit([noop()])
+    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "running",
+                            "progress": {"percent": 42.0, "fps": 118.2, "speed": 2.1}}])
+    (row,) = master.listing()
+    assert row["reason"] == "Running: 42.0%, at 118 fps, 2.10x"
