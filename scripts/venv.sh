@@ -7,6 +7,15 @@ _extras=${1:-}
 _stamp=$CLOUDQ_VENV/.cloudq-installed${_extras:+-$_extras}
 if [ ! -x "$CLOUDQ_VENV/bin/python" ]; then
     echo "cloudq: creating virtualenv in $CLOUDQ_VENV" >&2
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        # Debian's system Python ships venv separately.
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        else
+            echo "cloudq: python3 cannot make virtualenvs; install python3-venv" >&2
+            exit 1
+        fi
+    fi
     python3 -m venv "$CLOUDQ_VENV"
 fi
 # Reinstall only when setup.cfg changed since the last install.
