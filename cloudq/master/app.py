@@ -59,7 +59,10 @@ class MasterProcess:
     def _start_worker(self, index: int) -> subprocess.Popen:
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind
         argv = [sys.executable, "-m", "cloudq", "worker", "--master", f"{host}:{self.server.port}",
-                "--name", f"worker-{index}", *self.options.worker_args]
+                "--name", f"worker-{index}"]
+        if "--work-dir" not in self.options.worker_args:  # two masters must not share task folders
+            argv += ["--work-dir", str(self.options.data_dir.resolve() / "work" / f"worker-{index}")]
+        argv += self.options.worker_args
         if self.options.tls_dir:
             argv += ["--tls-dir", str(self.options.tls_dir)]
         log_path = self.options.data_dir / f"worker-{index}.log"

@@ -23,7 +23,7 @@ from cloudq import defaults, retry
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal
-from cloudq.master.workers import WorkerRecord, parse_registration
+from cloudq.master.workers import WorkerRecord, WorkerStatus, parse_registration
 from cloudq.model import Task, TaskState, new_task
 from cloudq.scheduler import Backlog, Scheduler, explain, summarise
 from cloudq.specs import required_capabilities
@@ -511,7 +511,7 @@ class Master:
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            workers: dict[str, int] = {}
+            workers = dict.fromkeys((status.value for status in WorkerStatus), 0)  # zeros too
             for record in self.workers.values():
                 workers[record.status.value] = workers.get(record.status.value, 0) + 1
             return {

@@ -234,3 +234,12 @@ def test_progress_shows_in_the_listing(master):
                             "progress": {"percent": 42.0, "fps": 118.2, "speed": 2.1}}])
     (row,) = master.listing()
     assert row["reason"] == "Running: 42.0%, at 118 fps, 2.10x"
+
+
+def test_summary_reports_every_worker_status_even_at_zero(master, clock):
+    worker(master, "w")
+    assert master.summary()["workers"] == {"available": 1, "busy": 0, "draining": 0,
+                                           "quarantined": 0, "offline": 0}
+    clock.now += 11
+    master.tick()
+    assert master.summary()["workers"]["available"] == 0 and master.summary()["workers"]["offline"] == 1
