@@ -96,6 +96,25 @@ def refused(started: float, error: str) -> RunResult:
     )
 
 
+def finished(
+    ctx: RunContext,
+    status: RunStatus,
+    exit_code: int | None,
+    started: float,
+    error: str | None,
+    output: dict[str, Any] | None = None,
+) -> RunResult:
+    """The result of a task that ran: its outcome, the time since `started`, its log's tail."""
+    return RunResult(
+        status=status,
+        exit_code=exit_code,
+        duration_s=time.monotonic() - started,
+        error=one_line(error) if error else None,
+        output=output or {},
+        log_tail=tail_log(ctx.work_dir),
+    )
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """Errors travel as one line: the operator reads them in a table."""
     line = " ".join(str(text).split())

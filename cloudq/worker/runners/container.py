@@ -25,9 +25,9 @@ from cloudq.worker.runners.base import (
     RunContext,
     RunResult,
     RunStatus,
+    finished,
     one_line,
     open_log,
-    tail_log,
 )
 from cloudq.worker.runners.paths import check_work_dir
 from cloudq.worker.runners.process import POLL_S
@@ -51,7 +51,7 @@ def run(ctx: RunContext) -> RunResult:
     try:
         image = ensure_image(client, ctx)
         if image is None:
-            return _finished(ctx, RunStatus.CANCELLED, None, started, "cancelled while pulling")
+            return finished(ctx, RunStatus.CANCELLED, None, started, "cancelled while pulling")
         container = _create(client, ctx)
         try:
             return _run(ctx, container, image, started)
@@ -148,13 +148,13 @@ def _create(client: docker.DockerClient, ctx: RunContext) -> Any:
 def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResult:
     output = {"image": ctx.spec["image"], "image_id": image.id, "container_id": container.id}
     if ctx.cancel.is_set():
-        return _finished(ctx, RunStatus.CANCELLED, None, started, "cancelled", output)
+        return finished(ctx, RunStatus.CANCELLED, None, started, "cancelled", output)
     with open_log(ctx) as task_log:
         try:
             container.start()
         except APIError as exc:
             task_log.write(f"cloudq: container could not start: {_explain(exc)}\n".encode())
-            return _finished(ctx, RunStatus.FAILED, _exit_code(container), started,
+            return finished(ctx, RunStatus.FAILED, _exit_code(container), started,
                              f"container could not start: {_explain(exc)}", output)  # fmt: skip
         logs = threading.Thread(target=_copy_logs, args=(container, task_log), daemon=True)
         logs.start()
@@ -162,7 +162,7 @@ def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResu
         logs.join(LOG_JOIN_S)
     state = _state(container)
     status, error = _judge(ctx, stopped, state)
-    return _finished(ctx, status, state.get("ExitCode"), started, error, output)
+    return finished(ctx, status, state.get("ExitCode"), started, error, output)
 
 
 def _wait(ctx: RunContext, container: Any, started: float) -> RunStatus | None:
@@ -250,24 +250,6 @@ def _remove(container: Any) -> None:
         except Exception as exc:  # APIError, or the engine connection failing
             if attempt == 2:
                 log.error("container %s was not removed: %s", container.id[:12], exc)
-
-
-def _finished(
-    ctx: RunContext,
-    status: RunStatus,
-    exit_code: int | None,
-    started: float,
-    error: str | None,
-    output: dict[str, Any] | None = None,
-) -> RunResult:
-    return RunResult(
-        status=status,
-        exit_code=exit_code,
-        duration_s=time.monotonic() - started,
-        error=one_line(error) if error else None,
-        output=output or {},
-        log_tail=tail_log(ctx.work_dir),
-    )
 
 
 def _explain(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from cloudq.worker.runners.base import (
     RunContext,
     RunResult,
     RunStatus,
-    one_line,
+    finished,
     open_log,
     refused,
     tail_log,
@@ -112,16 +112,16 @@ def _encode(ctx: RunContext, job: Job, total_s: float | None, started: float) ->
         error = describe_outcome(outcome, ctx.timeout_s)
         if outcome.status == RunStatus.FAILED:
             error = f"ffmpeg {error}: {_last_error_line(ctx.work_dir)}"
-        return _result(ctx, outcome.status, outcome.exit_code, started, error, {})
+        return finished(ctx, outcome.status, outcome.exit_code, started, error, {})
     try:
         facts = ffprobe.video_facts(ffprobe.probe(f"file:{job.output}"))
     except RunnerError as exc:
-        return _result(ctx, RunStatus.FAILED, outcome.exit_code, started,
+        return finished(ctx, RunStatus.FAILED, outcome.exit_code, started,
                        f"ffmpeg finished but its output is unusable: {exc}", {})  # fmt: skip
     facts.update(_encode_facts(job, facts, encode_s, parser.last))
     if meter and (joules := meter.joules()) is not None:
         facts["gpu_energy_j"] = joules
-    return _result(ctx, RunStatus.COMPLETED, outcome.exit_code, started, None, facts)
+    return finished(ctx, RunStatus.COMPLETED, outcome.exit_code, started, None, facts)
 
 
 def _env(ctx: RunContext, job: Job) -> dict[str, str]:
@@ -149,24 +149,6 @@ def _encode_facts(
         "encode_speed": speed,
         "fps": last.get("fps"),
     }
-
-
-def _result(
-    ctx: RunContext,
-    status: RunStatus,
-    exit_code: int | None,
-    started: float,
-    error: str | None,
-    output: dict[str, Any],
-) -> RunResult:
-    return RunResult(
-        status=status,
-        exit_code=exit_code,
-        duration_s=time.monotonic() - started,
-        error=one_line(error) if error else None,
-        output=output,
-        log_tail=tail_log(ctx.work_dir),
-    )
 
 
 def _last_error_line(work_dir: Path) -> str:
