@@ -55,7 +55,6 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "preset", help="FFmpeg encoder preset")
     _option(parser, "output", help="FFmpeg output file name")
     _option(parser, "sleep", type=float, help="no-op: seconds to sleep")
-    _option(parser, "hold", action="store_true", help=argparse.SUPPRESS)
 
 
 def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
