@@ -17,6 +17,8 @@ MAX_QUEUED = 1_000_000  # submissions beyond this many queued tasks are refused
 PLACEMENT_STRATEGY = "pack"  # "pack" fills one worker before the next; "spread" balances
 AGING_S = 600.0  # a blocked head task older than this reserves a worker (no backfill onto it)
 EVENT_RETENTION = 100_000  # newest audit events kept in the store
+CHECKPOINT_EVERY = 100_000  # journalled changes between checkpoints (a longer tail loads slower)
+CHECKPOINT_INTERVAL_S = 300.0  # ...or this long, whichever comes first
 QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is quarantined
 
 # --- workers and leases --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudq import defaults
 from cloudq.master.core import Master, MasterConfig
 from cloudq.master.journal import StoreJournal
 from cloudq.master.processor import Processor
@@ -39,7 +40,9 @@ class MasterOptions:
 class MasterProcess:
     def __init__(self, options: MasterOptions) -> None:
         self.options = options
-        self.store = Store(options.data_dir, event_retention=options.config.event_retention)
+        self.store = Store(options.data_dir, event_retention=options.config.event_retention,
+                           checkpoint_every=defaults.CHECKPOINT_EVERY,
+                           checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S)
         state = self.store.load()
         self.master = Master(StoreJournal(self.store), options.config)
         self.master.restore(state.records.values(), state.events)
