@@ -1,0 +1,239 @@
+"""Talking to workers: registration and re-adoption, instructions (fetch), progress and
+outcomes (report), and the deadlines that guard them: leases, back-offs, run timeouts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cloudq import defaults
+from cloudq.ledger import Ledger
+from cloudq.master.state import MasterState
+from cloudq.master.workers import WorkerRecord, parse_registration
+from cloudq.model import Task, TaskState
+from cloudq.transitions import Event
+
+S = TaskState
+
+
+class Delivery(MasterState):
+    # ------------------------------------------------------------------ workers
+    def register(self, raw: Any, running: list[Any]) -> dict[str, Any]:
+        """A worker (re)connects. Tasks it still runs are re-adopted when the master agrees they
+        are its current attempt; the rest it is told to stop."""
+        info = parse_registration(raw)
+        with self._lock:
+            now = self.clock()
+            record = self._worker(info["name"])
+            old_bookings = record.ledger.bookings
+            record.host = info["host"]
+            record.facts = raw if isinstance(raw, dict) else {}
+            record.ledger = Ledger(
+                info["name"], info["cpu_cores"], info["mem_gb"], info["storage_gb"],
+                info["gpu_mem_gb"], info["max_tasks"], info["labels"], info["capabilities"],
+            )
+            record.connected, record.last_seen, record.registered_at = True, now, now
+            record.session += 1
+            record.outbox.clear()
+            stop = self._readopt(record, old_bookings, _pairs(running), now)
+            self._place(now)
+            ticket = self._flush()
+        self.journal.wait(ticket)
+        return {"session": record.session, "stop": stop, "lease_s": self.config.lease_s,
+                "heartbeat_s": self.config.heartbeat_s}
+
+    def _readopt(
+        self, record: WorkerRecord, old: dict, running: dict[str, int], now: float
+    ) -> list[str]:
+        stop = []
+        for task_id, attempt in running.items():
+            task = self.tasks.get(task_id)
+            if task and task.worker == record.name and task.attempt == attempt and (
+                task.state.is_active
+            ):
+                record.ledger.book(task.id, task.resources)
+                event = Event(task.id, task.state.value, task.state.value, "re-adopted after reconnect",
+                              record.name, attempt, now)
+                self.events.add(event)
+                self._pending.append(("event", event.to_dict()))
+            else:
+                stop.append(task_id)
+        for task_id in old:
+            task = self.tasks.get(task_id)
+            if task_id in record.ledger.bookings or task is None:
+                continue
+            if task.state.is_active and task.worker == record.name:
+                self._lost(task, now, f"{record.name} restarted without it")
+            elif task.state is S.CANCELLED:
+                self._release(task)
+        return stop
+
+    def heartbeat(self, name: str, sample: Any) -> None:
+        with self._lock:
+            record = self._connected(name)
+            record.last_seen = self.clock()
+            if isinstance(sample, dict):
+                record.sample = sample
+
+    def fetch(self, name: str, session: int, wait_s: float) -> list[dict[str, Any]]:
+        """Instructions for a worker (assignments, cancels), waiting up to wait_s for some."""
+        wait_s = min(max(float(wait_s), 0.0), 30.0)
+        with self._lock:
+            record = self._connected(name, session)
+            wake = self._wakeups[name]
+            deadline = time.monotonic() + wait_s
+            while not record.outbox and record.session == session and record.connected:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wake.wait(left)
+            record.last_seen = self.clock()
+            out = list(record.outbox) if record.session == session else []
+            record.outbox.clear()
+        if out:
+            self.journal.wait(max(item["ticket"] for item in out))  # never act before durable
+        return [{k: v for k, v in item.items() if k != "ticket"} for item in out]
+
+    def report(self, name: str, session: int, reports: list[Any]) -> list[str]:
+        """Progress and outcomes from a worker. Returns the ids whose report was refused (stale
+        attempt, or not this worker's task): the worker drops those."""
+        with self._lock:
+            record = self._connected(name, session)
+            now = self.clock()
+            record.last_seen = now
+            refused = [r.get("task", "?") for r in reports if not self._apply_report(record, r, now)]
+            self._place(now)
+            ticket = self._flush()
+        self.journal.wait(ticket)
+        return refused
+
+    def _apply_report(self, record: WorkerRecord, report: dict[str, Any], now: float) -> bool:
+        task = self.tasks.get(report.get("task"))  # type: ignore[arg-type]
+        if task is None or task.worker != record.name or task.attempt != report.get("attempt"):
+            return False
+        if task.state is S.CANCELLED:  # the worker confirms it stopped: free what it held
+            if report.get("state") in _OUTCOMES:
+                self._release(task)
+                task.finished_at = now
+                task.result = report.get("result") if isinstance(report.get("result"), dict) else None
+                self.live_logs.pop(task.id, None)
+                self._dirty[task.id] = task
+            return True
+        if not task.state.is_active:
+            return False
+        if task.state is S.ASSIGNED and report.get("state") in ("running", *_OUTCOMES):
+            task.started_at = report.get("started_at") or now
+            self._move(task, S.RUNNING, now, f"started on {record.name}")
+        if isinstance(report.get("progress"), dict):
+            task.progress = report["progress"]
+        if isinstance(report.get("log_tail"), str):
+            self.live_logs[task.id] = report["log_tail"][-_LOG_TAIL_CHARS:]
+        outcome = report.get("state")
+        if outcome in _OUTCOMES:
+            self._finish(record, task, outcome, report.get("result") or {}, now)
+        return True
+
+    def _finish(self, record: WorkerRecord, task: Task, outcome: str, result: dict, now: float) -> None:
+        task.result = result if isinstance(result, dict) else {}
+        self.live_logs.pop(task.id, None)
+        task.finished_at = now
+        self._release(task)
+        if outcome == "completed":
+            record.consecutive_failures = 0
+            self._move(task, S.COMPLETED, now, f"completed on {record.name}")
+            return
+        error = str(result.get("error") or outcome)[:2000]
+        task.last_error = error
+        if outcome == "failed":  # a cancel or a timeout says nothing about the worker's health
+            record.consecutive_failures += 1
+        if record.consecutive_failures >= self.config.quarantine_after and not record.quarantined:
+            record.quarantined = True
+        self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
+
+    # ------------------------------------------------------------------ processor
+    def tick(self) -> None:
+        """The safety net, run every few seconds: timers, queue expiry, a counted placement pass."""
+        with self._lock:
+            now = self.clock()
+            self._timers(now)
+            for task_id in list(self._expiring):
+                task = self.tasks[task_id]
+                if task.state is not S.QUEUED:
+                    self._expiring.discard(task_id)
+                elif now - (task.queued_at or now) > (task.ttl_s or 0):
+                    self._expiring.discard(task_id)
+                    self._expire_queued(task, now)
+            self._place(now, count_attempts=True)
+            ticket = self._flush()
+        self.journal.wait(ticket)
+
+    def timers(self) -> None:
+        """Cheap deadlines, checked about every second: leases, back-offs, run timeouts. Costs
+        O(workers + retrying + running), never O(all tasks)."""
+        with self._lock:
+            self._timers(self.clock())
+            self._place(self.clock())
+            ticket = self._flush()
+        self.journal.wait(ticket)
+
+    def _timers(self, now: float) -> None:
+        for record in list(self.workers.values()):
+            silent = now - record.last_seen > self.config.lease_s
+            if silent and (record.connected or record.ledger.bookings):
+                self._expire(record, now)
+        for task_id in list(self._retrying):
+            task = self.tasks[task_id]
+            if (task.not_before or 0) <= now:
+                self._move(task, S.QUEUED, now)
+                self._enqueue(task)
+        for record in self.workers.values():
+            for task_id in list(record.ledger.bookings):
+                task = self.tasks.get(task_id)
+                if task is not None and task.state is S.RUNNING and _overdue(task, now):
+                    self._time_out(task, now)
+
+    def _expire_queued(self, task: Task, now: float) -> None:
+        self.backlog.remove(task.id)
+        task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
+        task.finished_at = now
+        self._move(task, S.FAILED, now, task.last_error)
+
+    def _time_out(self, task: Task, now: float) -> None:
+        self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+        task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
+        self._release(task)
+        self._retry_or_bury(task, now, task.last_error)
+
+    def _expire(self, record: WorkerRecord, now: float) -> None:
+        record.connected = False
+        self._wakeups[record.name].notify_all()
+        for task_id in list(record.ledger.bookings):
+            task = self.tasks.get(task_id)
+            if task is None:
+                record.ledger.release(task_id)
+            elif task.state.is_active:
+                self._lost(task, now, f"{record.name} missed its lease of {self.config.lease_s:g}s")
+            else:
+                self._release(task)
+
+
+_OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
+_LOG_TAIL_CHARS = 8192
+
+
+def _overdue(task: Task, now: float) -> bool:
+    """The worker kills a task at its timeout; this catches a worker that did not."""
+    if not task.timeout_s or not task.started_at:
+        return False
+    return now - task.started_at > task.timeout_s + defaults.TIMEOUT_GRACE_S
+
+
+def _pairs(running: list[Any]) -> dict[str, int]:
+    out = {}
+    for item in running or []:
+        if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(
+            item[1], int
+        ):
+            out[item[0]] = item[1]
+    return out
+

@@ -1,0 +1,256 @@
+"""The master's state and the primitives every operation is built from.
+
+Everything the master knows lives in a MasterState: tasks, workers and their ledgers, the
+backlog, locks and the audit log. Its helpers apply one move (`_move`), book and release
+capacity, run a placement pass and hand the operation's changes to the journal (`_flush`).
+The operations themselves are in core.py (submit, cancel, operator controls), delivery.py
+(workers: registration, instructions, reports, leases) and views.py (what operators read).
+
+Concurrency: one lock guards the state. A change is applied and enqueued to the journal under
+the lock, in order; the caller then waits for it to be durable *outside* the lock, so many
+callers share one fsync (group commit) and nothing is acknowledged before it is on disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudq import defaults, retry
+from cloudq.errors import NotFoundError
+from cloudq.ledger import Booking, Ledger, LockTable
+from cloudq.master.journal import Journal, NullJournal
+from cloudq.master.workers import WorkerRecord
+from cloudq.model import Task, TaskState
+from cloudq.scheduler import Backlog, Scheduler
+from cloudq.specs import required_capabilities
+from cloudq.transitions import Event, EventLog, move
+
+S = TaskState
+
+
+@dataclass
+class MasterConfig:
+    processor_interval_s: float = defaults.PROCESSOR_INTERVAL_S
+    lease_s: float = defaults.LEASE_S
+    heartbeat_s: float = defaults.HEARTBEAT_S
+    max_queued: int = defaults.MAX_QUEUED
+    strategy: str = defaults.PLACEMENT_STRATEGY
+    aging_s: float = defaults.AGING_S
+    quarantine_after: int = defaults.QUARANTINE_AFTER
+    event_retention: int = defaults.EVENT_RETENTION
+
+
+@dataclass
+class Hooks:
+    """Called after a change is applied; metrics and logging hang here, the core imports neither."""
+
+    on_event: list[Callable[[Event], None]] = field(default_factory=list)
+    on_placement_pass: list[Callable[[float, int], None]] = field(default_factory=list)
+
+
+class MasterState:
+    def __init__(
+        self,
+        journal: Journal | None = None,
+        config: MasterConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or MasterConfig()
+        self.journal = journal or NullJournal()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.hooks = Hooks()
+        self.tasks: dict[str, Task] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.backlog = Backlog()
+        self.locks = LockTable()
+        self.events = EventLog(self.config.event_retention)
+        self.scheduler = Scheduler(self.config.strategy, self.config.aging_s)
+        self._lock = threading.RLock()
+        self._wakeups: dict[str, threading.Condition] = {}
+        self._seq = itertools.count(1)
+        self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
+        self._pending: list[tuple] = []  # its events, in order
+        self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
+        self._capabilities: dict[str, frozenset[str]] = {}
+        self._counts: Counter[TaskState] = Counter()
+        self._retrying: set[str] = set()  # tasks waiting out a back-off
+        self._expiring: set[str] = set()  # queued tasks with a time-to-live
+        self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
+        self.started_at = clock()
+
+    # ------------------------------------------------------------------ loading
+    def restore(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]]) -> None:
+        """Rebuilds the state from the store. Tasks that were on workers stay theirs: the workers
+        re-adopt them on reconnect, or the lease runs out and they are retried."""
+        now = self.clock()
+        top = 0
+        with self._lock:
+            for event in events:
+                self.events.add(Event.from_dict(event))
+            for raw in records:
+                task = Task.from_dict(raw)
+                self.tasks[task.id] = task
+                self._counts[task.state] += 1
+                top = max(top, task.seq)
+                if task.state is S.QUEUED:
+                    self._enqueue(task, since=task.queued_at)
+                elif task.state is S.RETRYING:
+                    self._retrying.add(task.id)
+                elif task.state.is_active or _awaiting_kill(task):
+                    self.locks.acquire(task.id, task.locks)
+                    record = self._worker(task.worker or "?")
+                    record.last_seen = now  # give it one lease to come back
+                    record.ledger.bookings.setdefault(task.id, Booking(0.0, 0.0, 0.0, ()))
+            self._seq = itertools.count(top + 1)
+
+    def _lost(self, task: Task, now: float, why: str) -> None:
+        task.last_error = why
+        self._release(task)
+        self._retry_or_bury(task, now, why)
+
+    def _retry_or_bury(self, task: Task, now: float, why: str) -> None:
+        if task.worker and task.worker not in task.tried_workers:
+            task.tried_workers.append(task.worker)
+        if not retry.retries_left(task):
+            task.finished_at = now
+            self._move(task, S.DEAD, now, f"{why}; no retries left after {task.attempt} attempts")
+            return
+        task.not_before = now + retry.backoff_s(task, self.rng)
+        self._move(task, S.RETRYING, now, why)
+        if task.not_before <= now:
+            self._move(task, S.QUEUED, now)
+            self._enqueue(task)
+
+    # ------------------------------------------------------------------ placement
+    def place(self) -> int:
+        with self._lock:
+            placed = self._place(self.clock())
+            ticket = self._flush()
+        self.journal.wait(ticket)
+        return placed
+
+    def _place(self, now: float, count_attempts: bool = False) -> int:
+        if not self.backlog:
+            return 0
+        started = time.perf_counter()
+        ledgers = {name: w.ledger for name, w in self.workers.items() if w.schedulable}
+        placements = self.scheduler.place(self.backlog, self.tasks, ledgers, self.locks, now)
+        for placement in placements:
+            task = self.tasks[placement.task_id]
+            task.attempt += 1
+            task.worker = placement.worker
+            task.reason = None
+            task.progress = None
+            self._move(task, S.ASSIGNED, now, f"placed on {placement.worker}")
+            self._tell(placement.worker, {"assign": self._assignment(task, placement.gpu_indices)})
+        if count_attempts:
+            self._count_blocked(now)
+        for hook in self.hooks.on_placement_pass:
+            hook(time.perf_counter() - started, len(placements))
+        return len(placements)
+
+    def _count_blocked(self, now: float) -> None:
+        """Only the head of each blocked shape is touched: the rest wait behind it for the same reason."""
+        for _, shape in self.backlog.heads():
+            head = self.tasks[self.backlog.head_of(shape)]  # type: ignore[index]
+            head.placement_attempts += 1
+            head.last_error = self.backlog.reasons.get(shape)
+
+    def _assignment(self, task: Task, gpu_indices: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "id": task.id, "attempt": task.attempt, "kind": task.kind, "spec": task.spec,
+            "resources": task.resources.to_dict(), "timeout_s": task.timeout_s,
+            "gpu_indices": list(gpu_indices), "name": task.name,
+        }
+
+    # ------------------------------------------------------------------ internals
+    def _worker(self, name: str) -> WorkerRecord:
+        record = self.workers.get(name)
+        if record is None:
+            record = self.workers[name] = WorkerRecord(name, ledger=Ledger(name, 0.0, 0.0, 0.0))
+            self._wakeups[name] = threading.Condition(self._lock)
+        return record
+
+    def _connected(self, name: str, session: int | None = None) -> WorkerRecord:
+        record = self.workers.get(name)
+        if record is None or not record.connected:
+            raise NotFoundError(f"worker {name!r} is not registered; register first")
+        if session is not None and session != record.session:
+            raise NotFoundError(f"worker {name!r} session {session} is stale; register again")
+        return record
+
+    def _required(self, task: Task) -> frozenset[str]:
+        key = task.kind + repr(sorted(task.spec.items()))
+        caps = self._capabilities.get(key)
+        if caps is None:
+            caps = self._capabilities[key] = required_capabilities(task.kind, task.spec)
+        return caps
+
+    def _enqueue(self, task: Task, since: float | None = None) -> None:
+        task.queued_at = since or self.clock()  # kept across a restart: TTL and aging go on
+        task.worker = None
+        task.not_before = None
+        self.backlog.add(task, self._required(task))
+        if task.ttl_s:
+            self._expiring.add(task.id)
+
+    def _release(self, task: Task) -> None:
+        record = self.workers.get(task.worker or "")
+        if record is not None:
+            record.ledger.release(task.id)
+        self.locks.release(task.id, task.locks)
+
+    def _tell(self, worker: str | None, instruction: dict[str, Any]) -> None:
+        record = self.workers.get(worker or "")
+        if record is None or not record.connected:
+            return
+        instruction["ticket"] = 0  # set to the operation's journal ticket at flush
+        record.outbox.append(instruction)
+        self._told.append(instruction)
+        self._wakeups[record.name].notify_all()
+
+    def _move(self, task: Task, dst: TaskState, now: float, reason: str | None = None) -> None:
+        src = task.state
+        event = move(task, dst, now=now, reason=reason, history=lambda: self.events.story(task.id))
+        self._counts[src] -= 1
+        self._counts[dst] += 1
+        if dst is S.RETRYING:
+            self._retrying.add(task.id)
+        else:
+            self._retrying.discard(task.id)
+        self.events.add(event)
+        self._dirty[task.id] = task  # serialised once at flush, however often it moved
+        self._pending.append(("event", event.to_dict()))
+        for hook in self.hooks.on_event:
+            hook(event)
+
+    def _flush(self) -> int:
+        """Hands the operation's changes to the journal, in order; returns the ticket to wait on."""
+        if self._dirty or self._pending:
+            changes = [("put", task.to_dict()) for task in self._dirty.values()]
+            changes += self._pending
+            ticket = self.journal.enqueue(changes)
+        else:
+            ticket = self.journal.last_ticket()
+        for instruction in self._told:
+            instruction["ticket"] = ticket
+        self._told = []
+        self._dirty = {}
+        self._pending = []
+        return ticket
+
+
+def _awaiting_kill(task: Task) -> bool:
+    """Cancelled while on a worker, and the worker has not yet confirmed it stopped."""
+    return task.state is S.CANCELLED and bool(task.worker) and task.finished_at is None
+
+
