@@ -26,13 +26,12 @@ class Master(Delivery, Views):
         """Validates every request first: a batch is accepted whole or refused whole."""
         if not isinstance(requests, list) or not requests:
             raise ValidationError("submit needs a non-empty list of tasks")
-        with self._lock:
+        with self._change() as now:
             if len(self.backlog) + len(requests) > self.config.max_queued:
                 raise QueueFullError(
                     f"queue is full: {len(self.backlog)} queued, limit {self.config.max_queued}; "
                     f"refused {len(requests)} new task(s)"
                 )
-            now = self.clock()
             tasks = []
             for index, raw in enumerate(requests):
                 seq = next(self._seq)
@@ -47,14 +46,11 @@ class Master(Delivery, Views):
                 self._move(task, S.QUEUED, now, "submitted")
                 self._enqueue(task)
             self._place(now)
-            ticket = self._flush()
-        self.journal.wait(ticket)
         return tasks
 
     def cancel(self, task_id: str) -> Task:
-        with self._lock:
+        with self._change() as now:
             task = self.get(task_id)
-            now = self.clock()
             if task.state.is_final:
                 raise ValidationError(f"task {task_id} is already {task.state.value}")
             if task.state is S.QUEUED:
@@ -65,21 +61,17 @@ class Master(Delivery, Views):
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
             if not holds_worker:  # otherwise finished when the worker confirms the kill
                 task.finished_at = now
-            ticket = self._flush()
-        self.journal.wait(ticket)
         return task
 
     def release_worker(self, name: str) -> None:
         """Lets a quarantined or draining worker take tasks again."""
-        with self._lock:
+        with self._change() as now:
             record = self._known_worker(name)
             if not (record.quarantined or record.draining):
                 raise ValidationError(f"worker {name} is neither quarantined nor draining")
             record.quarantined = record.draining = False
             record.consecutive_failures = 0
-            self._place(self.clock())
-            ticket = self._flush()
-        self.journal.wait(ticket)
+            self._place(now)
 
     def drain_worker(self, name: str) -> None:
         """The worker finishes what it runs and is given nothing new."""

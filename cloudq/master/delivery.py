@@ -22,8 +22,7 @@ class Delivery(MasterState):
         """A worker (re)connects. Tasks it still runs are re-adopted when the master agrees they
         are its current attempt; the rest it is told to stop."""
         info = parse_registration(raw)
-        with self._lock:
-            now = self.clock()
+        with self._change() as now:
             record = self._worker(info["name"])
             old_bookings = record.ledger.bookings
             record.host = info["host"]
@@ -37,8 +36,6 @@ class Delivery(MasterState):
             record.outbox.clear()
             stop = self._readopt(record, old_bookings, _pairs(running), now)
             self._place(now)
-            ticket = self._flush()
-        self.journal.wait(ticket)
         return {"session": record.session, "stop": stop, "lease_s": self.config.lease_s,
                 "heartbeat_s": self.config.heartbeat_s}
 
@@ -97,14 +94,11 @@ class Delivery(MasterState):
     def report(self, name: str, session: int, reports: list[Any]) -> list[str]:
         """Progress and outcomes from a worker. Returns the ids whose report was refused (stale
         attempt, or not this worker's task): the worker drops those."""
-        with self._lock:
+        with self._change() as now:
             record = self._connected(name, session)
-            now = self.clock()
             record.last_seen = now
             refused = [r.get("task", "?") for r in reports if not self._apply_report(record, r, now)]
             self._place(now)
-            ticket = self._flush()
-        self.journal.wait(ticket)
         return refused
 
     def _apply_report(self, record: WorkerRecord, report: dict[str, Any], now: float) -> bool:
@@ -153,8 +147,7 @@ class Delivery(MasterState):
     # ------------------------------------------------------------------ processor
     def tick(self) -> None:
         """The safety net, run every few seconds: timers, queue expiry, a counted placement pass."""
-        with self._lock:
-            now = self.clock()
+        with self._change() as now:
             self._timers(now)
             for task_id in list(self._expiring):
                 task = self.tasks[task_id]
@@ -164,17 +157,13 @@ class Delivery(MasterState):
                     self._expiring.discard(task_id)
                     self._expire_queued(task, now)
             self._place(now, count_attempts=True)
-            ticket = self._flush()
-        self.journal.wait(ticket)
 
     def timers(self) -> None:
         """Cheap deadlines, checked about every second: leases, back-offs, run timeouts. Costs
         O(workers + retrying + running), never O(all tasks)."""
-        with self._lock:
-            self._timers(self.clock())
-            self._place(self.clock())
-            ticket = self._flush()
-        self.journal.wait(ticket)
+        with self._change() as now:
+            self._timers(now)
+            self._place(now)
 
     def _timers(self, now: float) -> None:
         for record in list(self.workers.values()):

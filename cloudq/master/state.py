@@ -13,12 +13,13 @@ callers share one fsync (group commit) and nothing is acknowledged before it is 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,11 +132,21 @@ class MasterState:
             self._enqueue(task)
 
     # ------------------------------------------------------------------ placement
-    def place(self) -> int:
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[float]:
+        """One operation: applied under the lock, its changes queued for the journal in order
+        (even if it fails part way: what changed in memory must reach the disk), and it returns
+        only once they are durable. Yields the operation's time."""
         with self._lock:
-            placed = self._place(self.clock())
-            ticket = self._flush()
+            try:
+                yield self.clock()
+            finally:
+                ticket = self._flush()
         self.journal.wait(ticket)
+
+    def place(self) -> int:
+        with self._change() as now:
+            placed = self._place(now)
         return placed
 
     def _place(self, now: float, count_attempts: bool = False) -> int:
