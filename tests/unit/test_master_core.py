@@ -243,3 +243,12 @@ def test_summary_reports_every_worker_status_even_at_zero(master, clock):
     clock.now += 11
     master.tick()
     assert master.summary()["workers"]["available"] == 0 and master.summary()["workers"]["offline"] == 1
+
+
+def test_container_tasks_never_go_to_a_worker_without_docker(master):
+    worker(master, "no-engine", capabilities=["ffmpeg"])
+    (task,) = master.submit([{"kind": "container", "spec": {"image": "cloudq-busybox:latest"}}])
+    assert task.state is S.QUEUED
+    assert master.why(task.id)["workers"] == {"no-engine": "Missing capability: worker lacks docker"}
+    worker(master, "engine", capabilities=["docker"])
+    assert task.worker == "engine"
