@@ -46,6 +46,8 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aging", type=float, default=defaults.AGING_S,
                    help="seconds a blocked task waits before it reserves a worker")
     p.add_argument("--quarantine-after", type=int, default=defaults.QUARANTINE_AFTER)
+    p.add_argument("--keep-finished", type=float, default=defaults.KEEP_FINISHED_S,
+                   help="seconds a finished task is kept before it is forgotten (0: forever)")
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +133,7 @@ def _master(args: argparse.Namespace) -> int:
     config = MasterConfig(
         processor_interval_s=args.interval, lease_s=args.lease, heartbeat_s=args.heartbeat,
         max_queued=args.max_queued, strategy=args.strategy, aging_s=args.aging,
-        quarantine_after=args.quarantine_after,
+        quarantine_after=args.quarantine_after, keep_finished_s=args.keep_finished,
     )
     return run_master(MasterOptions(
         bind=args.bind, port=args.port, data_dir=args.data_dir, config=config,

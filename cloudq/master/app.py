@@ -45,7 +45,7 @@ class MasterProcess:
                            checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S)
         state = self.store.load()
         self.master = Master(StoreJournal(self.store), options.config)
-        self.master.restore(state.records.values(), state.events)
+        self.master.restore(state.records.values(), state.events, state.meta)
         self.server = start_server(make_service(self.master), options.bind, options.port,
                                    options.tls_dir, options.insecure)
         self.address = f"{options.bind}:{self.server.port}"

@@ -34,7 +34,8 @@ class Master(Delivery, Views):
                 )
             tasks = []
             for index, raw in enumerate(requests):
-                seq = next(self._seq)
+                self._last_seq += 1
+                seq = self._last_seq
                 try:
                     tasks.append(new_task(raw, task_id=f"t{seq}", seq=seq, now=now))
                 except ValidationError as err:

@@ -146,7 +146,8 @@ class Delivery(MasterState):
 
     # ------------------------------------------------------------------ processor
     def tick(self) -> None:
-        """The safety net, run every few seconds: timers, queue expiry, a counted placement pass."""
+        """The safety net, run every few seconds: timers, queue expiry, forgetting long-finished
+        tasks, a counted placement pass."""
         with self._change() as now:
             self._timers(now)
             for task_id in list(self._expiring):
@@ -156,6 +157,7 @@ class Delivery(MasterState):
                 elif now - (task.queued_at or now) > (task.ttl_s or 0):
                     self._expiring.discard(task_id)
                     self._expire_queued(task, now)
+            self._prune(now)
             self._place(now, count_attempts=True)
 
     def timers(self) -> None:

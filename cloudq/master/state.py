@@ -14,11 +14,10 @@ callers share one fsync (group commit) and nothing is acknowledged before it is 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ class MasterConfig:
     aging_s: float = defaults.AGING_S
     quarantine_after: int = defaults.QUARANTINE_AFTER
     event_retention: int = defaults.EVENT_RETENTION
+    keep_finished_s: float = defaults.KEEP_FINISHED_S
 
 
 @dataclass
@@ -77,7 +77,7 @@ class MasterState:
         self.scheduler = Scheduler(self.config.strategy, self.config.aging_s)
         self._lock = threading.RLock()
         self._wakeups: dict[str, threading.Condition] = {}
-        self._seq = itertools.count(1)
+        self._last_seq = 0  # task ids are t<seq>, never reused: kept in the store's meta too
         self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
         self._pending: list[tuple] = []  # its events, in order
         self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
@@ -85,15 +85,18 @@ class MasterState:
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
+        self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
         self.started_at = clock()
 
     # ------------------------------------------------------------------ loading
-    def restore(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]]) -> None:
+    def restore(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]],
+                meta: dict[str, Any] | None = None) -> None:
         """Rebuilds the state from the store. Tasks that were on workers stay theirs: the workers
         re-adopt them on reconnect, or the lease runs out and they are retried."""
         now = self.clock()
-        top = 0
+        top = int((meta or {}).get("last_seq") or 0)  # pruned tasks may have held the top ids
+        finished: list[tuple[float, str]] = []
         with self._lock:
             for event in events:
                 self.events.add(Event.from_dict(event))
@@ -101,6 +104,8 @@ class MasterState:
                 task = Task.from_dict(raw)
                 self.tasks[task.id] = task
                 self._counts[task.state] += 1
+                if task.state.is_final:
+                    finished.append((task.finished_at or task.updated_at, task.id))
                 top = max(top, task.seq)
                 if task.state is S.QUEUED:
                     self._enqueue(task, since=task.queued_at)
@@ -111,7 +116,8 @@ class MasterState:
                     record = self._worker(task.worker or "?")
                     record.last_seen = now  # give it one lease to come back
                     record.ledger.bookings.setdefault(task.id, Booking(0.0, 0.0, 0.0, ()))
-            self._seq = itertools.count(top + 1)
+            self._last_seq = top
+            self._finished.extend(sorted(finished))
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
@@ -234,6 +240,8 @@ class MasterState:
         event = move(task, dst, now=now, reason=reason, history=lambda: self.events.story(task.id))
         self._counts[src] -= 1
         self._counts[dst] += 1
+        if dst.is_final:
+            self._finished.append((now, task.id))
         if dst is S.RETRYING:
             self._retrying.add(task.id)
         else:
@@ -243,6 +251,29 @@ class MasterState:
         self._pending.append(("event", event.to_dict()))
         for hook in self.hooks.on_event:
             hook(event)
+
+    def _prune(self, now: float) -> int:
+        """Forgets tasks that finished more than keep_finished_s ago, oldest first, so a
+        long-lived master does not grow without bound. O(tasks pruned)."""
+        keep = self.config.keep_finished_s
+        pruned = 0
+        while keep > 0 and self._finished and self._finished[0][0] < now - keep:
+            _, task_id = self._finished.popleft()
+            task = self.tasks.get(task_id)
+            if task is None or not task.state.is_final or _awaiting_kill(task):
+                continue  # retried since, already gone, or its worker has not confirmed the kill
+            if task.finished_at is not None and task.finished_at >= now - keep:
+                self._finished.append((task.finished_at, task_id))  # finished again later
+                continue
+            del self.tasks[task_id]
+            self._counts[task.state] -= 1
+            self.events.forget(task_id)
+            self.live_logs.pop(task_id, None)
+            self._pending.append(("del", task_id))
+            pruned += 1
+        if pruned:
+            self._pending.append(("meta", "last_seq", self._last_seq))
+        return pruned
 
     def _flush(self) -> int:
         """Hands the operation's changes to the journal, in order; returns the ticket to wait on."""

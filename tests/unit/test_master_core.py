@@ -252,3 +252,33 @@ def test_container_tasks_never_go_to_a_worker_without_docker(master):
     assert master.why(task.id)["workers"] == {"no-engine": "Missing capability: worker lacks docker"}
     worker(master, "engine", capabilities=["docker"])
     assert task.worker == "engine"
+
+
+def test_finished_tasks_are_forgotten_after_keep_finished_and_ids_never_reused(clock):
+    journal_changes: list[tuple] = []
+
+    class Recording:
+        def enqueue(self, changes):
+            journal_changes.extend(changes)
+            return len(journal_changes)
+
+        def wait(self, ticket):
+            return None
+
+        def last_ticket(self):
+            return len(journal_changes)
+
+    master = Master(Recording(), MasterConfig(keep_finished_s=60.0, lease_s=1e9), clock=clock)
+    s = worker(master, "w", max_tasks=4)
+    done, running = master.submit([noop(), noop()])
+    master.report("w", s, [{"task": done.id, "attempt": 1, "state": "completed"}])
+    clock.now += 61
+    master.tick()
+    assert done.id not in master.tasks and running.id in master.tasks
+    assert ("del", done.id) in journal_changes and ("meta", "last_seq", 2) in journal_changes
+    assert master.counts()["completed"] == 0 and master.story(running.id)
+    # After a restart that only sees the surviving task, new ids continue after the pruned ones.
+    again = Master(config=MasterConfig(), clock=clock)
+    again.restore([running.to_dict()], [], {"last_seq": 2})
+    (fresh,) = again.submit([noop()])
+    assert fresh.id == "t3"
