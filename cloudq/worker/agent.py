@@ -70,6 +70,7 @@ class WorkerAgent:
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        self._reconnecting = threading.Lock()
         self._session = 0
         self._generation = 0  # bumped on every (re)connection
         self._fetch_conn: MasterClient | None = None
@@ -177,11 +178,11 @@ class WorkerAgent:
                     entry.cancel.set()
 
     def _lost_master(self, generation: int, err: Exception) -> None:
-        with self._lock:
+        with self._reconnecting:  # both loops notice a lost master; one reconnects
             if generation != self._generation:
                 return  # the other loop already reconnected
-        log.warning("lost the master (%s); tasks keep running, reconnecting", err)
-        self.connect()
+            log.warning("lost the master (%s); tasks keep running, reconnecting", err)
+            self.connect()
 
     def _obey(self, instruction: dict[str, Any]) -> None:
         if "assign" in instruction:
