@@ -42,12 +42,14 @@ def drain_command(ctx: Context, args: argparse.Namespace) -> Result:
     return Result(status=f"{args.worker} is draining; `release {args.worker}` undoes it")
 
 
-@command("status", "Cluster summary: tasks by state, workers, queue.")
+@command("status", "Cluster summary: tasks by state, workers, queue, store.")
 def status_command(ctx: Context, args: argparse.Namespace) -> Result:
     summary = ctx.master.summary()
     rows = [[key, value] for key, value in summary.items() if not isinstance(value, dict)]
     rows += [[f"tasks {state}", count] for state, count in summary["tasks"].items() if count]
     rows += [[f"workers {status}", count] for status, count in summary["workers"].items() if count]
+    rows += [[f"store {key.replace('_', ' ')}", value] for key, value in summary["store"].items()
+             if value is not None]
     return Result(title="cloudq status", headers=["", ""], rows=rows, data=summary, vertical=True)
 
 

@@ -7,6 +7,7 @@ applied; wait() is called after the lock is released, so concurrent operations s
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Protocol
 
 from cloudq.errors import StoreError
@@ -21,6 +22,9 @@ class Journal(Protocol):
 
     def last_ticket(self) -> int:
         """The newest ticket handed out (waiting on it covers everything enqueued so far)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for `status`: what is on disk and when it was last checkpointed."""
 
 
 class NullJournal:
@@ -38,6 +42,9 @@ class NullJournal:
 
     def last_ticket(self) -> int:
         return self.changes
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
 class StoreJournal:
@@ -67,6 +74,15 @@ class StoreJournal:
 
     def last_ticket(self) -> int:
         return self._issued
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.store.stats()
+        out = {key: stats.get(key) for key in (
+            "journal_bytes", "journal_segments", "changes_since_checkpoint", "checkpoints")}
+        at = stats.get("last_checkpoint_at")
+        out["last_checkpoint_age_s"] = round(time.time() - at, 1) if at else None
+        out["load_s"] = round(stats["load_s"], 3) if stats.get("load_s") is not None else None
+        return out
 
     def wait(self, ticket: int) -> None:
         with self._cv:

@@ -99,6 +99,7 @@ class Views(MasterState):
                 "locks held": len(self.locks.snapshot()),
                 "tasks": self.counts(),
                 "workers": workers,
+                "store": self.journal.stats(),
             }
 
     def counts(self) -> dict[str, int]:
