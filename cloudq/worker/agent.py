@@ -172,10 +172,7 @@ class WorkerAgent:
             if silent > LEASE_SAFETY * self._lease_s and self.running:
                 log.warning("master unreachable for %.1fs of a %.1fs lease: stopping %d task(s)",
                             silent, self._lease_s, len(self.running))
-                with self._lock:
-                    entries = list(self.running.values())
-                for entry in entries:
-                    entry.cancel.set()
+                self._cancel_all()
 
     def _lost_master(self, generation: int, err: Exception) -> None:
         with self._reconnecting:  # both loops notice a lost master; one reconnects
@@ -298,12 +295,16 @@ class WorkerAgent:
         if entry is not None and (attempt is None or attempt == entry.attempt):
             entry.cancel.set()
 
-    def _stop_tasks(self) -> None:
-        """On shutdown: running tasks are cancelled and reported; the master retries them."""
+    def _cancel_all(self) -> list[Running]:
         with self._lock:
             entries = list(self.running.values())
         for entry in entries:
             entry.cancel.set()
+        return entries
+
+    def _stop_tasks(self) -> None:
+        """On shutdown: running tasks are cancelled and reported; the master retries them."""
+        entries = self._cancel_all()
         for entry in entries:
             if entry.future is not None:
                 with contextlib.suppress(Exception):

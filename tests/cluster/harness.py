@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from cloudq.commands import Result
 from cloudq.rpc.client import MasterClient
 
@@ -30,6 +32,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def task_processes(task_id: str, attempt: int | None = None) -> list[psutil.Process]:
+    """Live `sleep` processes started by a task (its runner sets CLOUDQ_TASK_ID/CLOUDQ_ATTEMPT)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [])[:1] != ["sleep"]:
+                continue
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if env.get("CLOUDQ_TASK_ID") == task_id and (
+            attempt is None or env.get("CLOUDQ_ATTEMPT") == str(attempt)
+        ):
+            found.append(proc)
+    return found
 
 
 class Proc:

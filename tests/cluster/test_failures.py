@@ -5,9 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-import psutil
-
-from tests.cluster.harness import wait_until
+from tests.cluster.harness import task_processes, wait_until
 
 
 def test_killed_worker_task_is_requeued_within_lease_and_runs_elsewhere(cluster):
@@ -73,27 +71,16 @@ def test_cut_off_worker_stops_its_task_before_the_lease_ends(cluster):
     cluster.start_worker("w1")
     task = master.ctl("task", "--exec", "sleep 30", "--backoff", "0")
     master.wait_state(task["id"], "running")
-    wait_until(lambda: _attempt_procs(task["id"], "1"), 10, "attempt 1 to start")
+    wait_until(lambda: task_processes(task["id"], 1), 10, "attempt 1 to start")
     master.close_client()
     master.proc.send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
-        wait_until(lambda: not _attempt_procs(task["id"], "1"), 5, "the cut-off worker to stop attempt 1")
+        wait_until(lambda: not task_processes(task["id"], 1), 5, "the cut-off worker to stop attempt 1")
         assert time.monotonic() - frozen_at < 3.0, "attempt 1 outlived the lease"
     finally:
         master.proc.send_signal(signal.SIGCONT)
     second = wait_until(lambda: (t := master.task(task["id"]))["attempt"] == 2 and t, 15, "attempt 2")
     assert second["state"] in ("assigned", "running")
-    assert not _attempt_procs(task["id"], "1")
+    assert not task_processes(task["id"], 1)
 
-
-def _attempt_procs(task_id: str, attempt: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            env = proc.environ() if proc.info["cmdline"][:1] == ["sleep"] else {}
-        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
-            continue
-        if env.get("CLOUDQ_TASK_ID") == task_id and env.get("CLOUDQ_ATTEMPT") == attempt:
-            found.append(proc)
-    return found

@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 
 import docker
-import psutil
 
-from tests.cluster.harness import wait_until
+from tests.cluster.harness import task_processes, wait_until
 
 IMAGE = "cloudq-busybox:latest"
 
@@ -65,9 +64,9 @@ def test_exec_cancel_leaves_no_child_and_timeout_kills(cluster):
     cluster.start_worker("shell-host", "--max-tasks", "4")
     spawner = master.ctl("task", "--exec", "sh -c 'sleep 301 & sleep 302 & echo up; wait'")
     master.wait_state(spawner["id"], "running")
-    wait_until(lambda: _procs_of(spawner["id"]), 10, "the children to start")
+    wait_until(lambda: task_processes(spawner["id"]), 10, "the children to start")
     master.ctl("cancel", spawner["id"])
-    wait_until(lambda: not _procs_of(spawner["id"]), 6, "every child of the cancelled task to die")
+    wait_until(lambda: not task_processes(spawner["id"]), 6, "every child of the cancelled task to die")
 
     slow = master.ctl("task", "--exec", "sleep 30", "--timeout", "1", "--retries", "0")
     started = time.monotonic()
@@ -86,15 +85,3 @@ def test_worker_runs_at_most_max_tasks_at_once(cluster):
         overlapping = sum(1 for s, e in spans if s <= start < e)
         assert overlapping <= 2, spans
 
-
-def _procs_of(task_id: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.info["cmdline"] and proc.info["cmdline"][:1] == ["sleep"] and (
-                proc.environ().get("CLOUDQ_TASK_ID") == task_id
-            ):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
