@@ -282,7 +282,7 @@ def parse_request(raw: Any) -> dict[str, Any]:
     out["resources"] = Resources.parse(raw.get("resources"))
     target = raw.get("target_worker")
     out["target_worker"] = None if target in (None, "") else check_name("target worker", target)
-    out["labels"] = _parse_labels(raw.get("labels"))
+    out["labels"] = parse_labels(raw.get("labels"))
     out["locks"] = _parse_locks(raw.get("locks"))
     out["max_retries"] = check_number(
         "max_retries", raw.get("max_retries", defaults.MAX_RETRIES), high=1000, integer=True
@@ -303,7 +303,8 @@ def new_task(raw: Any, *, task_id: str, seq: int, now: float) -> Task:
     return Task(id=task_id, seq=seq, created_at=now, updated_at=now, **request)
 
 
-def _parse_labels(raw: Any) -> dict[str, str]:
+def parse_labels(raw: Any) -> dict[str, str]:
+    """Labels as given on a command line ("k=v,k2=v2") or as an object."""
     if raw is None:
         return {}
     if isinstance(raw, str):  # "gpu=a100,zone=eu"
@@ -325,11 +326,6 @@ def _split_label(item: str) -> tuple[str, str]:
     if not sep:
         raise ValidationError(f"label {item!r} must be written k=v")
     return key.strip(), value.strip()
-
-
-def parse_labels(raw: Any) -> dict[str, str]:
-    """Labels as given on a command line ("k=v,k2=v2") or as an object."""
-    return _parse_labels(raw)
 
 
 def _parse_locks(raw: Any) -> tuple[LockSpec, ...]:

@@ -90,7 +90,7 @@ class Views(MasterState):
         with self._lock:
             workers = dict.fromkeys((status.value for status in WorkerStatus), 0)  # zeros too
             for record in self.workers.values():
-                workers[record.status.value] = workers.get(record.status.value, 0) + 1
+                workers[record.status.value] += 1
             return {
                 "uptime_s": round(self.clock() - self.started_at, 1),
                 "queued": len(self.backlog),
