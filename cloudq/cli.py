@@ -98,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Many threads wait on sockets and locks and each holds the GIL briefly: hand it over
-    # sooner than the default 5 ms, or a woken RPC thread idles behind a busy one.
-    sys.setswitchinterval(float(os.environ.get("CLOUDQ_SWITCH_INTERVAL", "0.0005")))
+    # How long a busy thread may keep the GIL before a waiting one gets it. Python's 5 ms is
+    # kept by default: shorter intervals measured 20% more CPU per task under load.
+    if "CLOUDQ_SWITCH_INTERVAL" in os.environ:
+        sys.setswitchinterval(float(os.environ["CLOUDQ_SWITCH_INTERVAL"]))
     quiet_shell = args.command == "master" and not args.no_shell
     level = (args.log_level or ("WARNING" if quiet_shell else "INFO")).upper()
     if level not in logging.getLevelNamesMapping():

@@ -14,6 +14,7 @@ from typing import Any
 
 from cloudq import defaults
 from cloudq.errors import ValidationError
+from cloudq.specs import capabilities_of, validate_spec
 
 
 class TaskState(StrEnum):
@@ -222,6 +223,9 @@ class Task:
     not_before: float | None = None  # a retrying task waits until then
     progress: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
+    # request_dict() as stored JSON, kept by the master's journal so that a change of state
+    # re-encodes only the bookkeeping. Memory only; never part of to_dict().
+    request_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def order_key(self) -> tuple[int, int, int]:
@@ -229,27 +233,37 @@ class Task:
         return (self.queue.rank, self.priority.rank, self.seq)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only. Written out field by field: this is on the hot path (every state
-        change is journalled) and a literal is several times faster than asdict()."""
+        """Plain values only (the enums are str)."""
+        return self.request_dict() | self.state_dict()
+
+    # Both halves are written out field by field: they are on the hot path (every state change
+    # is journalled) and a literal is several times faster than asdict().
+    def request_dict(self) -> dict[str, Any]:
+        """What was submitted, plus the identity the master gave it: fixed from then on."""
         return {
             "id": self.id, "kind": self.kind, "spec": self.spec, "name": self.name,
-            "owner": self.owner, "queue": self.queue.value, "priority": self.priority.value,
+            "owner": self.owner, "queue": self.queue, "priority": self.priority,
             "resources": self.resources.to_dict(), "target_worker": self.target_worker,
             "labels": dict(self.labels), "locks": [lock.to_dict() for lock in self.locks],
             "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
-            "timeout_s": self.timeout_s, "ttl_s": self.ttl_s, "state": self.state.value,
-            "seq": self.seq, "attempt": self.attempt, "placement_attempts": self.placement_attempts,
+            "timeout_s": self.timeout_s, "ttl_s": self.ttl_s, "seq": self.seq,
+            "created_at": self.created_at,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The master's bookkeeping: what changes as the task moves."""
+        return {
+            "state": self.state, "attempt": self.attempt, "placement_attempts": self.placement_attempts,
             "last_error": self.last_error, "reason": self.reason, "worker": self.worker,
-            "tried_workers": list(self.tried_workers), "created_at": self.created_at,
-            "updated_at": self.updated_at, "queued_at": self.queued_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "not_before": self.not_before, "progress": self.progress,
-            "result": self.result,
+            "tried_workers": list(self.tried_workers), "updated_at": self.updated_at,
+            "queued_at": self.queued_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "not_before": self.not_before, "progress": self.progress, "result": self.result,
         }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Task:
         """Rebuilds a stored task. Trusts the shape (it was written by us) but not blindly."""
-        data = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        data = {f.name: raw[f.name] for f in fields(cls) if f.name in raw and f.name != "request_json"}
         data["queue"] = QueueClass(data.get("queue", QueueClass.DEFAULT))
         data["priority"] = Priority(data.get("priority", Priority.MEDIUM))
         data["state"] = TaskState(data.get("state", TaskState.PENDING))
@@ -263,36 +277,44 @@ def parse_request(raw: Any) -> dict[str, Any]:
 
     Raises ValidationError naming the first bad field. The kind's spec is checked by
     cloudq.specs, so a hostile ffmpeg input or container option is refused here, before
-    anything is stored or run.
+    anything is stored or run. Fields left out take their defaults unchecked: this runs for
+    every task of a batch submit, and most tasks set only a few fields.
     """
-    from cloudq.specs import required_capabilities, validate_spec  # the spec rules per kind
-
     if not isinstance(raw, dict):
         raise ValidationError(f"a task must be an object of fields, got {type(raw).__name__}")
-    _refuse_unknown("task", raw, REQUEST_FIELDS)
+    if not REQUEST_FIELDS.issuperset(raw):
+        _refuse_unknown("task", raw, REQUEST_FIELDS)
     kind = raw.get("kind")
     if kind not in TASK_KINDS:
         raise ValidationError(f"unknown task kind {kind!r}; choose one of: {', '.join(TASK_KINDS)}")
-    out: dict[str, Any] = {"kind": kind, "spec": validate_spec(kind, raw.get("spec") or {})}
-    name = raw.get("name") or ""
-    out["name"] = check_name("task name", name) if name else ""
-    out["owner"] = check_name("owner", raw.get("owner", "default"))
-    out["queue"] = _enum(QueueClass, "queue class", raw.get("queue", QueueClass.DEFAULT))
-    out["priority"] = _enum(Priority, "priority", raw.get("priority", Priority.MEDIUM))
-    out["resources"] = Resources.parse(raw.get("resources"))
-    target = raw.get("target_worker")
-    out["target_worker"] = None if target in (None, "") else check_name("target worker", target)
-    out["labels"] = parse_labels(raw.get("labels"))
-    out["locks"] = _parse_locks(raw.get("locks"))
-    out["max_retries"] = check_number(
-        "max_retries", raw.get("max_retries", defaults.MAX_RETRIES), high=1000, integer=True
-    )
-    out["retry_backoff_s"] = check_number(
-        "retry_backoff_s", raw.get("retry_backoff_s", defaults.RETRY_BACKOFF_S), high=MAX_SECONDS
-    )
-    out["timeout_s"] = _optional_seconds("timeout_s", raw.get("timeout_s"))
-    out["ttl_s"] = _optional_seconds("ttl_s", raw.get("ttl_s"))
-    if "gpu" in required_capabilities(kind, out["spec"]) and out["resources"].gpus < 1:
+    spec = validate_spec(kind, raw.get("spec") or {})
+    out: dict[str, Any] = {"kind": kind, "spec": spec}
+    get = raw.get
+    if name := get("name"):
+        out["name"] = check_name("task name", name)
+    if (owner := get("owner")) is not None:
+        out["owner"] = check_name("owner", owner)
+    if (queue := get("queue")) is not None:
+        out["queue"] = _enum(QueueClass, "queue class", queue)
+    if (priority := get("priority")) is not None:
+        out["priority"] = _enum(Priority, "priority", priority)
+    if (resources := get("resources")) is not None:
+        out["resources"] = Resources.parse(resources)
+    if (target := get("target_worker")) not in (None, ""):
+        out["target_worker"] = check_name("target worker", target)
+    if (labels := get("labels")) is not None:
+        out["labels"] = parse_labels(labels)
+    if (locks := get("locks")) is not None:
+        out["locks"] = _parse_locks(locks)
+    if (retries := get("max_retries")) is not None:
+        out["max_retries"] = check_number("max_retries", retries, high=1000, integer=True)
+    if (backoff := get("retry_backoff_s")) is not None:
+        out["retry_backoff_s"] = check_number("retry_backoff_s", backoff, high=MAX_SECONDS)
+    for key in ("timeout_s", "ttl_s"):
+        if (seconds := get(key)) is not None:
+            out[key] = _optional_seconds(key, seconds)
+    gpus = out["resources"].gpus if "resources" in out else 0
+    if gpus < 1 and "gpu" in capabilities_of(kind, spec):
         raise ValidationError(f"this {kind} task runs on a GPU: ask for at least one (-gpu 1)")
     return out
 

@@ -88,14 +88,14 @@ def move(
     *,
     now: float,
     reason: str | None = None,
-    history: Iterable[Event] | Callable[[], Iterable[Event]] = (),
+    history: Iterable[Event] | Callable[[str], Iterable[Event]] = (),
 ) -> Event:
     """Moves `task` to `dst` in place and returns the event that records it. `history` may be
-    a function, so the story is only gathered when a move is refused."""
+    a function of the task id, so the story is only gathered when a move is refused."""
     src = task.state
     meaning = ALLOWED.get((src, dst))
     if meaning is None:
-        events = history() if callable(history) else history
+        events = history(task.id) if callable(history) else history
         story = "; ".join(str(e) for e in list(events)[-5:]) or "no earlier events"
         raise TransitionError(
             f"task {task.id} cannot move from {src.value} to {dst.value}. Its last events: {story}"

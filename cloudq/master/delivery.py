@@ -87,9 +87,10 @@ class Delivery(MasterState):
             record.last_seen = self.clock()
             out = list(record.outbox) if record.session == session else []
             record.outbox.clear()
+            ticket = record.outbox_ticket
         if out:
-            self.journal.wait(max(item["ticket"] for item in out))  # never act before durable
-        return [{k: v for k, v in item.items() if k != "ticket"} for item in out]
+            self.journal.wait(ticket)  # a worker never acts on what is not yet durable
+        return out
 
     def report(self, name: str, session: int, reports: list[Any]) -> list[str]:
         """Progress and outcomes from a worker. Returns the ids whose report was refused (stale

@@ -11,6 +11,16 @@ import time
 from typing import Any, Protocol
 
 from cloudq.errors import StoreError
+from cloudq.model import Task
+from cloudq.store import Encoded, dumps
+
+
+def encode_task(task: Task) -> Encoded:
+    """The task as the store keeps it. Its request half never changes after submission, so
+    its JSON is made once and kept on the task; a change re-encodes only the bookkeeping."""
+    if task.request_json is None:
+        task.request_json = dumps(task.request_dict())
+    return Encoded(task.id, task.request_json[:-1] + "," + dumps(task.state_dict())[1:])
 
 
 class Journal(Protocol):

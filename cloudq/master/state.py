@@ -25,7 +25,7 @@ from typing import Any
 from cloudq import defaults, retry
 from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
-from cloudq.master.journal import Journal, NullJournal
+from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
 from cloudq.model import Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
@@ -80,7 +80,7 @@ class MasterState:
         self._last_seq = 0  # task ids are t<seq>, never reused: kept in the store's meta too
         self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
         self._pending: list[tuple] = []  # its events, in order
-        self._told: list[dict[str, Any]] = []  # instructions of that operation, held until durable
+        self._told: dict[str, WorkerRecord] = {}  # workers given instructions by that operation
         self._capabilities: dict[str, frozenset[str]] = {}
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
@@ -230,27 +230,28 @@ class MasterState:
         record = self.workers.get(worker or "")
         if record is None or not record.connected:
             return
-        instruction["ticket"] = 0  # set to the operation's journal ticket at flush
         record.outbox.append(instruction)
-        self._told.append(instruction)
+        self._told[record.name] = record  # its outbox_ticket is set when the operation is flushed
         self._wakeups[record.name].notify_all()
 
     def _move(self, task: Task, dst: TaskState, now: float, reason: str | None = None) -> None:
         src = task.state
-        event = move(task, dst, now=now, reason=reason, history=lambda: self.events.story(task.id))
-        self._counts[src] -= 1
-        self._counts[dst] += 1
+        event = move(task, dst, now=now, reason=reason, history=self.events.story)
+        counts = self._counts
+        counts[src] -= 1
+        counts[dst] += 1
         if dst.is_final:
             self._finished.append((now, task.id))
         if dst is S.RETRYING:
             self._retrying.add(task.id)
-        else:
+        elif src is S.RETRYING:
             self._retrying.discard(task.id)
         self.events.add(event)
         self._dirty[task.id] = task  # serialised once at flush, however often it moved
         self._pending.append(("event", event.to_dict()))
-        for hook in self.hooks.on_event:
-            hook(event)
+        if self.hooks.on_event:
+            for hook in self.hooks.on_event:
+                hook(event)
 
     def _prune(self, now: float) -> int:
         """Forgets tasks that finished more than keep_finished_s ago, oldest first, so a
@@ -278,14 +279,14 @@ class MasterState:
     def _flush(self) -> int:
         """Hands the operation's changes to the journal, in order; returns the ticket to wait on."""
         if self._dirty or self._pending:
-            changes = [("put", task.to_dict()) for task in self._dirty.values()]
+            changes: list[tuple] = [("put", encode_task(task)) for task in self._dirty.values()]
             changes += self._pending
             ticket = self.journal.enqueue(changes)
         else:
             ticket = self.journal.last_ticket()
-        for instruction in self._told:
-            instruction["ticket"] = ticket
-        self._told = []
+        for record in self._told.values():
+            record.outbox_ticket = ticket
+        self._told = {}
         self._dirty = {}
         self._pending = []
         return ticket

@@ -35,7 +35,8 @@ class WorkerRecord:
     last_seen: float = 0.0
     registered_at: float = 0.0
     session: int = 0  # bumped on every registration: a fetch from an older session is stale
-    outbox: deque[dict[str, Any]] = field(default_factory=deque)
+    outbox: deque[dict[str, Any]] = field(default_factory=deque)  # instructions not yet fetched
+    outbox_ticket: int = 0  # journal ticket of the newest instruction: durable before it is sent
 
     @property
     def status(self) -> WorkerStatus:

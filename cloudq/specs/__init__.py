@@ -30,6 +30,7 @@ __all__ = [
     "KINDS",
     "KNOWN_ENCODERS",
     "Scenario",
+    "capabilities_of",
     "parse_scenario",
     "required_capabilities",
     "validate_spec",
@@ -52,4 +53,9 @@ def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def required_capabilities(kind: str, spec: dict[str, Any]) -> frozenset[str]:
     """What a worker must advertise to run this task (see runners.capability_set)."""
-    return _module(kind).required_capabilities(validate_spec(kind, spec))
+    return capabilities_of(kind, validate_spec(kind, spec))
+
+
+def capabilities_of(kind: str, normalized_spec: dict[str, Any]) -> frozenset[str]:
+    """required_capabilities for a spec validate_spec already returned (not checked again)."""
+    return _module(kind).required_capabilities(normalized_spec)

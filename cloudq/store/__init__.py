@@ -3,6 +3,7 @@ TinyDB checkpoints written atomically in the background. See docs/store.md."""
 
 from __future__ import annotations
 
+from cloudq.store.changes import Encoded, dumps
 from cloudq.store.store import LoadedState, Store
 
-__all__ = ["LoadedState", "Store"]
+__all__ = ["Encoded", "LoadedState", "Store", "dumps"]

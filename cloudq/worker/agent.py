@@ -29,6 +29,7 @@ from cloudq.worker.runners import (
     RunContext,
     capability_set,
     detect_capabilities,
+    is_instant,
     run_task,
     tail_log,
 )
@@ -251,17 +252,22 @@ class WorkerAgent:
     def _start(self, assignment: dict[str, Any]) -> None:
         task_id, attempt = assignment["id"], assignment["attempt"]
         work_dir = self.options.work_dir / f"{task_id}.{attempt}"
-        if assignment["kind"] != "noop":  # a no-op touches no disk
-            work_dir.mkdir(parents=True, exist_ok=True)
         entry = Running(task_id, attempt, threading.Event(), work_dir)
+        if is_instant(assignment["kind"], assignment["spec"]):
+            # Finishes at once and touches no disk: a thread hand-off would cost more than the
+            # task, and a "running" report would be overtaken by the outcome anyway.
+            self._execute(assignment, entry, announce=False)
+            return
+        work_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.running[task_id] = entry
         entry.future = self._pool.submit(self._execute, assignment, entry)
 
-    def _execute(self, assignment: dict[str, Any], entry: Running) -> None:
+    def _execute(self, assignment: dict[str, Any], entry: Running, announce: bool = True) -> None:
         started = time.time()
-        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
-                         "started_at": started})
+        if announce:
+            self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
+                             "started_at": started})
 
         def progress(update: dict[str, Any]) -> None:
             self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
@@ -282,10 +288,11 @@ class WorkerAgent:
             result = {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
                       "error": f"runner crashed: {type(err).__name__}: {err}", "output": {}, "log_tail": ""}
         result["started_at"] = started
-        with self._lock:
-            self.running.pop(entry.task_id, None)
-        if not self.options.keep_task_dirs and entry.work_dir.exists():
-            shutil.rmtree(entry.work_dir, ignore_errors=True)
+        if announce:
+            with self._lock:
+                self.running.pop(entry.task_id, None)
+            if not self.options.keep_task_dirs and entry.work_dir.exists():
+                shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
                          "result": result, "started_at": started})
 

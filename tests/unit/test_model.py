@@ -53,4 +53,23 @@ def test_to_dict_covers_every_field():
     from dataclasses import fields
 
     task = new_task({"kind": "noop"}, task_id="t1", seq=1, now=1.0)
-    assert set(task.to_dict()) == {f.name for f in fields(Task)}
+    assert set(task.to_dict()) == {f.name for f in fields(Task)} - {"request_json"}
+    assert not set(task.request_dict()) & set(task.state_dict())  # two halves, no overlap
+
+
+def test_journal_text_is_the_whole_task_and_follows_its_changes():
+    import json
+
+    from cloudq.master.journal import encode_task
+
+    task = new_task({"kind": "noop", "name": "n1", "labels": {"a": "b"}}, task_id="t1",
+                    seq=1, now=1.0)
+    first = encode_task(task)
+    assert first.id == "t1" and json.loads(first.text) == json.loads(json.dumps(task.to_dict()))
+    assert first.text.isascii()
+    task.state, task.attempt, task.worker = TaskState.ASSIGNED, 1, "w1"
+    task.result = {"note": "naïve", "bad": float("nan")}
+    second = json.loads(encode_task(task).text)
+    assert second["state"] == "assigned" and second["attempt"] == 1 and second["worker"] == "w1"
+    assert second["result"] == {"note": "naïve", "bad": None}  # NaN is not JSON: stored as null
+    assert second["name"] == "n1" and set(second) == set(task.to_dict())

@@ -33,6 +33,7 @@ RUNNERS: dict[str, Callable[[RunContext], RunResult]] = {
 }
 
 __all__ = [
+    "is_instant",
     "LOG_NAME",
     "RunContext",
     "RunResult",
@@ -42,6 +43,12 @@ __all__ = [
     "run_task",
     "tail_log",
 ]
+
+
+def is_instant(kind: str, spec: dict) -> bool:
+    """True for a task that finishes at once and cannot block (a no-op with no sleep): the
+    agent runs it on the thread that received it instead of handing it to a task thread."""
+    return kind == "noop" and isinstance(spec, dict) and noop.instant(spec)
 
 
 def run_task(ctx: RunContext) -> RunResult:

@@ -6,8 +6,14 @@ Benchmarks use it to measure the queue itself; it starts no process and writes n
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from cloudq.worker.runners.base import RunContext, RunResult, RunStatus
+
+
+def instant(spec: dict[str, Any]) -> bool:
+    """Without a sleep it cannot block, so the agent runs it without a thread of its own."""
+    return not spec.get("sleep_s")
 
 
 def run(ctx: RunContext) -> RunResult:
