@@ -110,15 +110,20 @@ class EventLog:
 
     def __init__(self, retention: int, per_task: int = 50) -> None:
         self._all: deque[Event] = deque(maxlen=retention)
-        self._per_task: dict[str, deque[Event]] = {}
+        # Lists, not bounded deques: most tasks have a handful of events, and an empty deque
+        # alone is larger than a short list.
+        self._per_task: dict[str, list[Event]] = {}
         self._per_task_limit = per_task
 
     def add(self, event: Event) -> None:
         self._all.append(event)
         story = self._per_task.get(event.task)
         if story is None:
-            story = self._per_task[event.task] = deque(maxlen=self._per_task_limit)
-        story.append(event)
+            self._per_task[event.task] = [event]
+        else:
+            story.append(event)
+            if len(story) > self._per_task_limit:
+                del story[0]
 
     def story(self, task_id: str) -> list[Event]:
         return list(self._per_task.get(task_id, ()))

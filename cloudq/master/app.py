@@ -42,7 +42,8 @@ class MasterProcess:
         self.options = options
         self.store = Store(options.data_dir, event_retention=options.config.event_retention,
                            checkpoint_every=defaults.CHECKPOINT_EVERY,
-                           checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S)
+                           checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
+                           checkpoint_growth=defaults.CHECKPOINT_GROWTH)
         state = self.store.load()
         self.master = Master(StoreJournal(self.store), options.config)
         self.master.restore(state.records.values(), state.events, state.meta)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cloudq import defaults, retry
 from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
@@ -81,7 +83,7 @@ class MasterState:
         self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
         self._pending: list[tuple] = []  # its events, in order
         self._told: dict[str, WorkerRecord] = {}  # workers given instructions by that operation
-        self._capabilities: dict[str, frozenset[str]] = {}
+        self._capabilities: dict[tuple[str, bytes], frozenset[str]] = {}  # by kind and spec
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
@@ -206,7 +208,7 @@ class MasterState:
         return record
 
     def _required(self, task: Task) -> frozenset[str]:
-        key = task.kind + repr(sorted(task.spec.items()))
+        key = (task.kind, orjson.dumps(task.spec, option=orjson.OPT_SORT_KEYS))
         caps = self._capabilities.get(key)
         if caps is None:
             caps = self._capabilities[key] = required_capabilities(task.kind, task.spec)

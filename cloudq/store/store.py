@@ -3,8 +3,9 @@
 The master keeps its state in memory and calls ``append`` for every change before it
 acknowledges it. ``append`` costs one journal line and a share of one fdatasync, whatever
 the number of stored records. A background thread checkpoints every ``checkpoint_every``
-changes or ``checkpoint_interval_s`` seconds, from the store's own mirror of the state, so
-the master never waits for a full rewrite.
+changes (or ``checkpoint_growth`` times the number of records, if more) or
+``checkpoint_interval_s`` seconds, from the store's own mirror of the state, so the master
+never waits for a full rewrite.
 """
 
 from __future__ import annotations
@@ -50,16 +51,22 @@ class Store:
         fsync: bool = True,
         checkpoint_every: int = 20_000,
         checkpoint_interval_s: float = 60.0,
+        checkpoint_growth: float = 0.0,
         event_retention: int = 100_000,
     ):
-        if checkpoint_every < 1 or checkpoint_interval_s <= 0 or event_retention < 0:
+        if checkpoint_every < 1 or checkpoint_interval_s <= 0 or event_retention < 0 or (
+            checkpoint_growth < 0
+        ):
             raise StoreError(
                 "checkpoint_every must be >= 1, checkpoint_interval_s > 0 and "
-                "event_retention >= 0"
+                "checkpoint_growth and event_retention >= 0"
             )
         self._dir = Path(data_dir)
         self._fsync = fsync
         self._every = checkpoint_every
+        # A checkpoint rewrites every record: with growth g it also waits for g x records
+        # changes, so its cost per change stays bounded however many records are kept.
+        self._growth = checkpoint_growth
         self._interval = checkpoint_interval_s
         self._mirror = Mirror(event_retention)
         self._writer: JournalWriter | None = None
@@ -194,7 +201,7 @@ class Store:
             self._counters["changes"] += len(ops)
 
         commit.commit(body, on_assigned)
-        if self._changes_since_checkpoint >= self._every:
+        if self._changes_since_checkpoint >= self._threshold():
             self._wake.set()
 
     def _require_open(self) -> GroupCommit:
@@ -249,7 +256,10 @@ class Store:
     def _due(self) -> bool:
         changes = self._changes_since_checkpoint
         elapsed = time.monotonic() - self._last_checkpoint_mono
-        return changes >= self._every or (changes > 0 and elapsed >= self._interval)
+        return changes >= self._threshold() or (changes > 0 and elapsed >= self._interval)
+
+    def _threshold(self) -> int:
+        return max(self._every, int(self._growth * len(self._mirror.records)))
 
     def _background(self) -> None:
         while not self._stop.is_set():

@@ -191,6 +191,20 @@ def test_automatic_checkpoint_after_n_changes(open_store: OpenStore) -> None:
     assert store.stats()["checkpoint_lsn"] == 5
 
 
+def test_checkpoint_growth_waits_for_as_many_changes_as_records(open_store: OpenStore) -> None:
+    store, _ = reload(open_store, checkpoint_every=10, checkpoint_growth=1.0)
+    done = checkpoint_waiter(store)
+    store.append([("put", {"id": f"t{n}", "n": 0}) for n in range(40)])  # 40 changes, 40 records
+    assert done.wait(10), "no checkpoint once changes reached the record count"
+    done.clear()
+    for n in range(39):
+        store.append([("put", {"id": f"t{n}", "n": 1})])
+    # 39 changes: past checkpoint_every, but a rewrite of 40 records is not yet due.
+    assert not store._due() and not store._wake.is_set()
+    store.append([("put", {"id": "t39", "n": 1})])
+    assert done.wait(10), "no checkpoint after as many changes as records"
+
+
 def test_automatic_checkpoint_after_interval(open_store: OpenStore) -> None:
     store, _ = reload(open_store, checkpoint_interval_s=0.05)
     done = checkpoint_waiter(store)
