@@ -22,16 +22,30 @@ from cloudq.ledger import Ledger, LockTable
 from cloudq.model import LockSpec, Resources, Task
 from cloudq.queue import Key, TaskQueue
 
-Shape = tuple[Resources, str | None, tuple[tuple[str, str], ...], tuple[LockSpec, ...], frozenset[str]]
+ShapeKey = tuple[Resources, str | None, tuple[tuple[str, str], ...], tuple[LockSpec, ...], frozenset[str]]
 
 STRATEGIES = ("pack", "spread")
 
 
-def shape_of(task: Task, capabilities: frozenset[str]) -> Shape:
+class Shape:
+    """What placement looks at: resources, target worker, labels, locks, capabilities.
+
+    The Backlog keeps one Shape object per distinct key while tasks of that shape wait, and
+    hashes it by identity: a key tuple would be hashed again (fields and all) on every lookup,
+    several times per task."""
+
+    __slots__ = ("key", "capabilities")
+
+    def __init__(self, key: ShapeKey) -> None:
+        self.key = key
+        self.capabilities = key[4]
+
+
+def shape_key(task: Task, capabilities: frozenset[str]) -> ShapeKey:
     return (
         task.resources,
         task.target_worker,
-        tuple(sorted(task.labels.items())),
+        tuple(sorted(task.labels.items())) if task.labels else (),
         task.locks,
         capabilities,
     )
@@ -48,16 +62,18 @@ class Backlog:
     """The queued tasks, one TaskQueue per shape, plus the last known reason each shape waits."""
 
     def __init__(self) -> None:
+        self._shapes: dict[ShapeKey, Shape] = {}  # the waiting shapes, interned
         self._groups: dict[Shape, TaskQueue] = {}
         self._shape_of: dict[str, Shape] = {}
         self.reasons: dict[Shape, str] = {}
 
     def add(self, task: Task, capabilities: frozenset[str]) -> None:
-        shape = shape_of(task, capabilities)
-        group = self._groups.get(shape)
-        if group is None:
-            group = self._groups[shape] = TaskQueue()
-        group.push(task.id, task.order_key)
+        key = shape_key(task, capabilities)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = Shape(key)
+            self._groups[shape] = TaskQueue()
+        self._groups[shape].push(task.id, task.order_key)
         self._shape_of[task.id] = shape
 
     def remove(self, task_id: str) -> bool:
@@ -67,8 +83,7 @@ class Backlog:
         group = self._groups[shape]
         group.remove(task_id)
         if not group:
-            del self._groups[shape]
-            self.reasons.pop(shape, None)
+            self._forget(shape)
         return True
 
     def pop_head(self, shape: Shape) -> str:
@@ -77,9 +92,13 @@ class Backlog:
         assert task_id is not None
         del self._shape_of[task_id]
         if not group:
-            del self._groups[shape]
-            self.reasons.pop(shape, None)
+            self._forget(shape)
         return task_id
+
+    def _forget(self, shape: Shape) -> None:
+        del self._groups[shape]
+        del self._shapes[shape.key]
+        self.reasons.pop(shape, None)
 
     def heads(self) -> list[tuple[Key, Shape]]:
         return [(group.peek_key(), shape) for shape, group in self._groups.items()]
@@ -174,11 +193,11 @@ class Scheduler:
             if held:  # no worker can help: wait for the lock, reserve nothing
                 backlog.reasons[shape] = held
                 continue
-            chosen, reason = self._choose(task, shape[4], open_workers, reserved, len(ledgers))
+            chosen, reason = self._choose(task, shape.capabilities, open_workers, reserved, len(ledgers))
             if chosen is None:
                 backlog.reasons[shape] = reason
                 if task.queued_at is not None and now - task.queued_at >= self.aging_s:
-                    self._reserve_for(task, shape[4], ledgers, reserved)
+                    self._reserve_for(task, shape.capabilities, ledgers, reserved)
                 continue
             backlog.pop_head(shape)
             booking = chosen.book(task.id, task.resources)

@@ -45,7 +45,7 @@ class Master(Delivery, Views):
                 self.tasks[task.id] = task
                 self._counts[S.PENDING] += 1
                 self._move(task, S.QUEUED, now, "submitted")
-                self._enqueue(task)
+                self._enqueue(task, since=now)
             self._place(now)
         return tasks
 
