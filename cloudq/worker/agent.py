@@ -256,18 +256,27 @@ class WorkerAgent:
         if is_instant(assignment["kind"], assignment["spec"]):
             # Finishes at once and touches no disk: a thread hand-off would cost more than the
             # task, and a "running" report would be overtaken by the outcome anyway.
-            self._execute(assignment, entry, announce=False)
+            self.outbox.put(self._run(assignment, entry, time.time()))
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.running[task_id] = entry
         entry.future = self._pool.submit(self._execute, assignment, entry)
 
-    def _execute(self, assignment: dict[str, Any], entry: Running, announce: bool = True) -> None:
+    def _execute(self, assignment: dict[str, Any], entry: Running) -> None:
+        """A task thread: announce the start, run, clean up, report the outcome."""
         started = time.time()
-        if announce:
-            self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
-                             "started_at": started})
+        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
+                         "started_at": started})
+        outcome = self._run(assignment, entry, started)
+        with self._lock:
+            self.running.pop(entry.task_id, None)
+        if not self.options.keep_task_dirs and entry.work_dir.exists():
+            shutil.rmtree(entry.work_dir, ignore_errors=True)
+        self.outbox.put(outcome)
+
+    def _run(self, assignment: dict[str, Any], entry: Running, started: float) -> dict[str, Any]:
+        """Runs the task to its end; returns its outcome report."""
 
         def progress(update: dict[str, Any]) -> None:
             self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
@@ -288,13 +297,8 @@ class WorkerAgent:
             result = {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
                       "error": f"runner crashed: {type(err).__name__}: {err}", "output": {}, "log_tail": ""}
         result["started_at"] = started
-        if announce:
-            with self._lock:
-                self.running.pop(entry.task_id, None)
-            if not self.options.keep_task_dirs and entry.work_dir.exists():
-                shutil.rmtree(entry.work_dir, ignore_errors=True)
-        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
-                         "result": result, "started_at": started})
+        return {"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
+                "result": result, "started_at": started}
 
     def _cancel(self, task_id: str, attempt: int | None) -> None:
         with self._lock:

@@ -61,3 +61,21 @@ def test_submit_batch_and_json_views(cluster, tmp_path):
     workers = master.ctl("workers")
     assert {"name", "status"} <= set(workers[0])
     assert wait_until(lambda: master.ctl("status")["tasks"]["completed"] == 2, 5, "status counts")
+
+
+def test_instant_noops_run_on_the_fetch_thread_and_keep_the_whole_story(cluster):
+    master = cluster.start_master()
+    cluster.start_worker("w1", "--max-tasks", "8", "--cpu-cores", "8")
+    tasks = master.client().call("submit", {"tasks": [{"kind": "noop"}] * 300 + [
+        {"kind": "noop", "spec": {"sleep_s": 0.3}, "name": "sleeper"}]})
+    wait_until(lambda: master.ctl("status")["tasks"]["completed"] == 301, 60, "301 no-ops")
+    for task in (tasks[0], tasks[150], tasks[-1]):
+        shown = master.ctl("show", task["id"])
+        moves = [(e["src"], e["dst"]) for e in shown["events"]]
+        assert moves == [("pending", "queued"), ("queued", "assigned"), ("assigned", "running"),
+                         ("running", "completed")]
+        assert shown["attempt"] == 1 and shown["worker"] == "w1" and shown["result"]["exit_code"] == 0
+        assert shown["created_at"] <= shown["started_at"] <= shown["finished_at"]
+    # Neither kind leaves anything behind in the worker's directory.
+    work = cluster.tmp / "work" / "w1"
+    assert not [p for p in work.iterdir() if p.name.startswith("t")]

@@ -10,7 +10,7 @@ import pytest
 from tinydb import TinyDB
 
 from cloudq.errors import StoreError
-from cloudq.store import LoadedState, Store
+from cloudq.store import Encoded, LoadedState, Store, dumps
 from tests.store.taskdata import make_event, make_task, submit
 
 OpenStore = Callable[..., Store]
@@ -40,6 +40,18 @@ def test_put_del_event_meta_round_trip(open_store: OpenStore) -> None:
     assert state.records == {"t-0000001": {**make_task(1), "state": "running"}}
     assert state.events == [make_event(1)]
     assert state.meta == {"epoch": 4, "cluster": {"name": "farm"}}
+
+
+def test_encoded_records_are_stored_as_given(open_store: OpenStore) -> None:
+    store, _ = reload(open_store)
+    record = {**make_task(1), "name": "naïve"}
+    store.append([("put", Encoded(record["id"], dumps(record)))])
+    store.append([("put", Encoded("t-0000002", dumps(make_task(2))))])
+    store.checkpoint()
+    store.append([("put", Encoded("t-0000002", dumps({**make_task(2), "state": "done"})))])
+    store.close()
+    _, state = reload(open_store)
+    assert state.records == {record["id"]: record, "t-0000002": {**make_task(2), "state": "done"}}
 
 
 def test_checkpoint_then_more_appends_then_reload(open_store: OpenStore) -> None:
@@ -135,6 +147,9 @@ def test_non_finite_numbers_are_stored_as_null(open_store: OpenStore) -> None:
         [("frobnicate", 1)],
         [("put", {"id": "x", "obj": object()})],
         [("put", make_task(1)), ("put", {"id": "bad", "set": {1}})],
+        [("put", Encoded("t1", '["not", "an object"]'))],
+        [("put", Encoded("t1", '{"id": "t1", "name": "naïve"}'))],  # not ASCII: not from dumps
+        [("put", Encoded(7, "{}"))],
     ],
 )
 def test_bad_changes_are_refused_and_nothing_is_stored(
