@@ -29,12 +29,13 @@ from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import Task, TaskState
+from cloudq.model import FINAL_STATES, Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
 from cloudq.specs import required_capabilities
 from cloudq.transitions import Event, EventLog, move
 
 S = TaskState
+_RETRYING = S.RETRYING  # a module constant: _move runs for every change of every task
 
 
 @dataclass
@@ -242,11 +243,11 @@ class MasterState:
         counts = self._counts
         counts[src] -= 1
         counts[dst] += 1
-        if dst.is_final:
+        if dst in FINAL_STATES:
             self._finished.append((now, task.id))
-        if dst is S.RETRYING:
+        if dst is _RETRYING:
             self._retrying.add(task.id)
-        elif src is S.RETRYING:
+        elif src is _RETRYING:
             self._retrying.discard(task.id)
         self.events.add(event)
         self._dirty[task.id] = task  # serialised once at flush, however often it moved

@@ -150,6 +150,7 @@ def test_non_finite_numbers_are_stored_as_null(open_store: OpenStore) -> None:
         [("put", Encoded("t1", '["not", "an object"]'))],
         [("put", Encoded("t1", '{"id": "t1", "name": "naïve"}'))],  # not ASCII: not from dumps
         [("put", Encoded(7, "{}"))],
+        [("put", make_task(1)), ("event", {"seq": 1, "bad": {1}})],
     ],
 )
 def test_bad_changes_are_refused_and_nothing_is_stored(
