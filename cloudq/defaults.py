@@ -19,6 +19,7 @@ AGING_S = 600.0  # a blocked head task older than this reserves a worker (no bac
 EVENT_RETENTION = 100_000  # newest audit events kept in the store
 CHECKPOINT_EVERY = 100_000  # journalled changes between checkpoints (a longer tail loads slower)
 CHECKPOINT_INTERVAL_S = 300.0  # ...or this long, whichever comes first
+GC_THRESHOLDS = (50_000, 20, 100)  # the master's cycle collector (see master/app.py)
 CHECKPOINT_GROWTH = 1.0  # ...but with many records kept, not before as many changes as records
 KEEP_FINISHED_S = 7 * 24 * 3600.0  # finished tasks are forgotten this long after they end; 0 = never
 QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is quarantined
