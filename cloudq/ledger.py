@@ -90,7 +90,8 @@ class Ledger:
         self.free_cpu -= booking.cpu_cores
         self.free_mem -= booking.mem_gb
         self.free_storage -= booking.storage_gb
-        self.free_gpus -= set(gpus)
+        if gpus:
+            self.free_gpus.difference_update(gpus)
         return booking
 
     def release(self, task_id: str) -> Booking | None:
@@ -99,7 +100,8 @@ class Ledger:
             self.free_cpu += booking.cpu_cores
             self.free_mem += booking.mem_gb
             self.free_storage += booking.storage_gb
-            self.free_gpus |= set(booking.gpu_indices)
+            if booking.gpu_indices:
+                self.free_gpus.update(booking.gpu_indices)
         return booking
 
     def _gpus_with(self, mem_gb: float) -> list[int]:

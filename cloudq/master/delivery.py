@@ -116,14 +116,14 @@ class Delivery(MasterState):
             return True
         if not task.state.is_active:
             return False
-        if task.state is S.ASSIGNED and report.get("state") in ("running", *_OUTCOMES):
+        outcome = report.get("state")
+        if task.state is S.ASSIGNED and outcome in _STARTED:
             task.started_at = report.get("started_at") or now
             self._move(task, S.RUNNING, now, f"started on {record.name}")
-        if isinstance(report.get("progress"), dict):
+        if "progress" in report and isinstance(report["progress"], dict):
             task.progress = report["progress"]
-        if isinstance(report.get("log_tail"), str):
+        if "log_tail" in report and isinstance(report["log_tail"], str):
             self.live_logs[task.id] = report["log_tail"][-_LOG_TAIL_CHARS:]
-        outcome = report.get("state")
         if outcome in _OUTCOMES:
             self._finish(record, task, outcome, report.get("result") or {}, now)
         return True
@@ -209,7 +209,9 @@ class Delivery(MasterState):
                 self._release(task)
 
 
+# Tuples, not sets: a hostile report's "state" may be unhashable, and `in` must not raise.
 _OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
+_STARTED = ("running", *_OUTCOMES)  # a report that shows the task has started
 _LOG_TAIL_CHARS = 8192
 
 
