@@ -1,6 +1,6 @@
 """Cluster benchmarks: submit-to-start latency, no-op throughput, placement pass cost.
 
-    .venv/bin/python bench/bench_cluster.py            # full run (about a minute)
+    .venv/bin/python bench/bench_cluster.py            # full run (about two and a half minutes)
     .venv/bin/python bench/bench_cluster.py --quick    # smaller numbers, for a smoke test
 
 Latency and throughput use real master and worker processes over loopback RPyC, with the
@@ -194,7 +194,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         latency = bench_latency(tmp, 100 if quick else 500)
         throughput = [bench_throughput(tmp, 4000 if quick else 20000, 4, 1 if quick else 3, max_tasks)
-                      for max_tasks in (32, 256)]
+                      for max_tasks in (32, 128, 256)]
         core = bench_core_throughput(tmp, 4000 if quick else 20000, 1 if quick else 3, 256)
     placement = bench_placement(10_000 if quick else 100_000, 200, 10 if quick else 30)
     print("| measure | result | goal |")
