@@ -72,9 +72,18 @@ class Delivery(MasterState):
             if isinstance(sample, dict):
                 record.sample = sample
 
-    def fetch(self, name: str, session: int, wait_s: float) -> list[dict[str, Any]]:
-        """Instructions for a worker (assignments, cancels), waiting up to wait_s for some."""
+    def fetch(
+        self, name: str, session: int, wait_s: float, reports: list[Any] = ()
+    ) -> list[dict[str, Any]]:
+        """Instructions for a worker (assignments, cancels), waiting up to wait_s for some.
+
+        `reports` are outcomes the fetching thread has at hand (tasks it ran itself, which
+        finished at once): they are applied first, like a report, so the room they free is
+        filled and the new assignments go back in this same reply. A refused one needs nothing
+        from the worker (the task has already ended there), so refusals are not returned."""
         wait_s = min(max(float(wait_s), 0.0), 30.0)
+        if reports:
+            self.report(name, session, reports)
         with self._lock:
             record = self._connected(name, session)
             wake = self._wakeups[name]

@@ -45,6 +45,13 @@ def _field(payload: Any, key: str, kind: type) -> Any:
     return value
 
 
+def _reports(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    reports = payload.get("reports") or []
+    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+        raise ValidationError("'reports' must be a list of objects")
+    return reports
+
+
 class MasterService(rpyc.Service):
     """One instance per connection (see make_service), so `identity` is the caller's."""
 
@@ -85,15 +92,13 @@ class MasterService(rpyc.Service):
         wait_s = payload.get("wait_s", 0.0)
         if isinstance(wait_s, bool) or not isinstance(wait_s, int | float):
             raise ValidationError("'wait_s' must be a number")
-        return self.master.fetch(name, _field(payload, "session", int), wait_s)
+        return self.master.fetch(name, _field(payload, "session", int), wait_s, _reports(payload))
 
     @endpoint
     def exposed_report(self, payload: Any) -> dict[str, Any]:
         name = self._as_worker(payload)
         session = _field(payload, "session", int)
-        reports = payload.get("reports") or []
-        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
-            raise ValidationError("'reports' must be a list of objects")
+        reports = _reports(payload)
         if isinstance(payload.get("sample"), dict):
             self.master.heartbeat(name, payload["sample"])
         refused = self.master.report(name, session, reports) if reports else []

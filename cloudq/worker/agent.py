@@ -69,7 +69,13 @@ class WorkerAgent:
         self.name = options.name
         self.running: dict[str, Running] = {}
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        # Outcomes not yet acknowledged by the master, by task: still ours when registering
+        # again, so the master re-adopts those tasks and takes the outcome instead of
+        # retrying a task that has already run.
+        self._unreported: dict[str, int] = {}
+        self._at_hand: list[dict[str, Any]] = []  # outcomes of instant tasks, for the next fetch
         self.stopping = threading.Event()
+        self._fetching = threading.Event()  # set while the fetch loop may still hand outcomes over
         self._lock = threading.Lock()
         self._reconnecting = threading.Lock()
         self._session = 0
@@ -112,7 +118,8 @@ class WorkerAgent:
             except (ConnectionError, OSError, EOFError, CloudqError) as err:
                 log.warning("cannot register with %s: %s; retrying in %.1fs", self.options.master, err, delay)
                 self.stopping.wait(delay)
-                delay = min(delay * 2, 1.0 if self.running else 5.0)  # hurry back to re-adopt
+                hurry = self.running or self._unreported  # back before the lease ends: re-adopt
+                delay = min(delay * 2, 1.0 if hurry else 5.0)
 
     def _connect_once(self) -> None:
         self._close_connections()
@@ -121,6 +128,7 @@ class WorkerAgent:
         report = MasterClient(self.options.master, self.options.tls_dir, identity)
         with self._lock:
             running = [[r.task_id, r.attempt] for r in self.running.values()]
+            running += [[task_id, attempt] for task_id, attempt in self._unreported.items()]
         reply = fetch.call("register", {"facts": self.facts, "running": running})
         with self._lock:
             self._fetch_conn, self._report_conn = fetch, report
@@ -144,21 +152,31 @@ class WorkerAgent:
 
     # ------------------------------------------------------------------ loops
     def run(self) -> None:
+        self._fetching.set()
         self.connect()
         reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
         reporter.start()
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         while not self.stopping.is_set():
             generation = self._generation
+            at_hand, self._at_hand = self._at_hand, []
             try:
+                # Outcomes of the instant tasks this thread ran ride along: one call frees
+                # their room and brings the next assignments.
                 instructions = self._fetch_conn.call(  # type: ignore[union-attr]
-                    "fetch", {"name": self.name, "session": self._session, "wait_s": defaults.POLL_WAIT_S})
+                    "fetch", {"name": self.name, "session": self._session,
+                              "wait_s": defaults.POLL_WAIT_S, "reports": at_hand})
             except (ConnectionError, NotFoundError) as err:
+                self._at_hand = at_hand + self._at_hand  # sent again once registered again
                 self._lost_master(generation, err)
                 continue
             self._last_contact = time.monotonic()
+            self._acknowledged(at_hand)
             for instruction in instructions:
                 self._obey(instruction)
+        for outcome in self._at_hand:  # the reporter sends what is left before it stops
+            self.outbox.put(outcome)
+        self._fetching.clear()
         self._stop_tasks()
         reporter.join(timeout=10)  # it leaves once the last outcome is sent
 
@@ -190,7 +208,7 @@ class WorkerAgent:
 
     def _report_loop(self) -> None:
         next_beat = 0.0
-        while not (self.stopping.is_set() and not self.running and self.outbox.empty()):
+        while self._fetching.is_set() or self.running or not self.outbox.empty():
             batch = self._drain(timeout=max(next_beat - time.monotonic(), 0.0))
             sample = None
             if time.monotonic() >= next_beat:
@@ -214,9 +232,17 @@ class WorkerAgent:
                 self._lost_master(generation, err)
                 continue
             self._last_contact = time.monotonic()
+            self._acknowledged(batch)
             for task_id in reply.get("refused") or []:
                 self._cancel(task_id, None)  # the master gave it to someone else: stop it here
             return
+
+    def _acknowledged(self, reports: list[dict[str, Any]]) -> None:
+        """The master has these reports (taken or refused): their outcomes are no longer ours."""
+        with self._lock:
+            for report in reports:
+                if "result" in report and self._unreported.get(report["task"]) == report["attempt"]:
+                    del self._unreported[report["task"]]
 
     def _log_tails(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """With each heartbeat, the output tail of every running task, so `logs ID` is live."""
@@ -256,7 +282,10 @@ class WorkerAgent:
         if is_instant(assignment["kind"], assignment["spec"]):
             # Finishes at once and touches no disk: a thread hand-off would cost more than the
             # task, and a "running" report would be overtaken by the outcome anyway.
-            self.outbox.put(self._run(assignment, entry, time.time()))
+            outcome = self._run(assignment, entry, time.time())
+            with self._lock:
+                self._unreported[task_id] = attempt
+            self._at_hand.append(outcome)
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -271,6 +300,7 @@ class WorkerAgent:
         outcome = self._run(assignment, entry, started)
         with self._lock:
             self.running.pop(entry.task_id, None)
+            self._unreported[entry.task_id] = entry.attempt
         if not self.options.keep_task_dirs and entry.work_dir.exists():
             shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put(outcome)

@@ -84,3 +84,26 @@ def test_cut_off_worker_stops_its_task_before_the_lease_ends(cluster):
     assert second["state"] in ("assigned", "running")
     assert not task_processes(task["id"], 1)
 
+
+
+def test_task_that_ends_while_the_master_is_down_is_reported_not_run_again(cluster, tmp_path):
+    """The outcome is kept by the worker, which registers again with it: the restarted master
+    re-adopts the task and takes the outcome instead of retrying a task that has already run."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    master = cluster.start_master("--lease", "10")
+    cluster.start_worker("w1")
+    task = master.ctl("task", "--exec", f"sh -c 'echo $$ >> {marks}/once; sleep 1'", "--backoff", "0")
+    master.wait_state(task["id"], "running")
+    port = master.port
+    master.close_client()
+    master.proc.send_signal(signal.SIGSTOP)  # the worker's report of the outcome cannot land
+    wait_until(lambda: (marks / "once").exists() and not task_processes(task["id"], 1), 10,
+               "the task to end while the master is frozen")
+    master.kill()
+
+    restarted = cluster.start_master("--lease", "10", port=port)
+    done = restarted.wait_state(task["id"], {"completed", "failed", "dead"}, timeout=30)
+    assert done["state"] == "completed" and done["attempt"] == 1, done
+    assert len((marks / "once").read_text().split()) == 1, "the task ran again"
+    assert "re-adopted after reconnect" in [e["reason"] for e in done["events"]]

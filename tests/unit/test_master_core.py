@@ -70,6 +70,18 @@ def test_full_lifecycle_releases_the_reservation(master):
     assert [e.dst for e in master.story(a.id)] == ["queued", "assigned", "running", "completed"]
 
 
+def test_outcomes_sent_with_fetch_are_applied_and_the_freed_room_comes_back_in_the_reply(master):
+    s = worker(master, "w", cores=2.0, max_tasks=1)
+    a, b = master.submit([noop(), noop()])
+    (first,) = fetch(master, "w", s)
+    assert first["assign"]["id"] == a.id
+    done = {"task": a.id, "attempt": 1, "state": "completed", "result": {"exit_code": 0}}
+    stale = {"task": b.id, "attempt": 7, "state": "completed"}  # refused, and nothing to tell
+    (second,) = master.fetch("w", s, wait_s=0, reports=[done, stale])
+    assert a.state is S.COMPLETED and [e.dst for e in master.story(a.id)][-2:] == ["running", "completed"]
+    assert second["assign"]["id"] == b.id and b.state is S.ASSIGNED and b.attempt == 1
+
+
 def test_stale_attempt_is_refused(master, clock):
     s = worker(master, "w1")
     (task,) = master.submit([noop(retry_backoff_s=0)])
