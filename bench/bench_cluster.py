@@ -185,6 +185,24 @@ def bench_placement(queued: int, workers: int, passes: int) -> dict[str, float]:
     return out
 
 
+def bench_memory(queued: int) -> float:
+    """Bytes of master memory per queued no-op (task, request JSON, events, backlog entry)."""
+    import gc
+    import tracemalloc
+
+    master = Master(config=MasterConfig(max_queued=10**7))
+    master.submit([{"kind": "noop"}])
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(queued // 1000):
+        master.submit([{"kind": "noop"}] * 1000)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / (queued // 1000 * 1000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -197,6 +215,7 @@ def main() -> None:
                       for max_tasks in (32, 128, 256)]
         core = bench_core_throughput(tmp, 4000 if quick else 20000, 1 if quick else 3, 256)
     placement = bench_placement(10_000 if quick else 100_000, 200, 10 if quick else 30)
+    memory = bench_memory(10_000 if quick else 50_000)
     print("| measure | result | goal |")
     print("|---|---|---|")
     print(f"| submit-to-start latency, idle worker, p50 | {latency['p50_ms']:.2f} ms | < 5 ms |")
@@ -212,6 +231,7 @@ def main() -> None:
     print(f"| placement pass, 200 workers, nothing fits | {placement['all_blocked_pass_ms']:.3f} ms | < 20 ms |")
     print(f"| placement pass filling 200 empty workers ({placement['fill_placed']} placements) | "
           f"{placement['fill_pass_ms']:.1f} ms ({placement['fill_per_placement_us']:.1f} us each) | |")
+    print(f"| master memory per queued no-op (tracemalloc) | {memory:.0f} B | |")
 
 
 if __name__ == "__main__":
