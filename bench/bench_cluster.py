@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -57,9 +59,10 @@ def bench_latency(tmp: Path, samples: int) -> dict[str, float]:
 
 def bench_throughput(tmp: Path, total: int, workers: int, repeats: int, max_tasks: int) -> dict[str, float]:
     """`workers` worker processes, each taking up to `max_tasks` tasks at once; `total` no-op
-    tasks submitted in batches of 1000. A worker's max tasks sets how many outcomes share one
-    report and how many assignments one fetch: the master's cost per call is spread over them."""
-    rates = []
+    tasks submitted in batches of 1000. A worker's max tasks sets how many outcomes and
+    assignments share one fetch call: the master's cost per call is spread over them. Also
+    gives the CPU (user + system) the master and the workers spent per task."""
+    rates, master_cpu, workers_cpu = [], [], []
     for run in range(repeats):
         master = MasterProc(tmp / f"tp{max_tasks}-{run}", "--interval", "300")
         limits = ("--max-tasks", str(max_tasks), "--cpu-cores", str(max_tasks))
@@ -68,17 +71,27 @@ def bench_throughput(tmp: Path, total: int, workers: int, repeats: int, max_task
             for i in range(workers):
                 master.wait_worker(f"w{i}")
             client = master.client()
+            cpu_before = [_cpu(master), *map(_cpu, procs)]
             started = time.perf_counter()
             for offset in range(0, total, 1000):
                 client.call("submit", {"tasks": [{"kind": "noop"}] * min(1000, total - offset)})
             wait_until(functools.partial(_completed, master, total), 300, "throughput", every=0.05)
             rates.append(total / (time.perf_counter() - started))
+            spent = [_cpu(proc) - before for proc, before in zip([master, *procs], cpu_before, strict=True)]
+            master_cpu.append(spent[0] / total * 1e6)
+            workers_cpu.append(sum(spent[1:]) / total * 1e6)
         finally:
             for proc in procs:
                 proc.stop()
             master.stop()
     return {"tasks_per_s": statistics.median(rates), "low": min(rates), "high": max(rates), "runs": repeats,
-            "tasks": total, "workers": workers, "max_tasks": max_tasks}
+            "tasks": total, "workers": workers, "max_tasks": max_tasks,
+            "master_us": statistics.median(master_cpu), "workers_us": statistics.median(workers_cpu)}
+
+
+def _cpu(proc: MasterProc | WorkerProc) -> float:
+    times = psutil.Process(proc.proc.pid).cpu_times()
+    return times.user + times.system
 
 
 def bench_core_throughput(tmp: Path, total: int, repeats: int, max_tasks: int) -> dict[str, float]:
@@ -224,6 +237,9 @@ def main() -> None:
         print(f"| no-op throughput, {run['workers']} worker processes with --max-tasks {run['max_tasks']}, "
               f"durable (median of {run['runs']} x {run['tasks']} tasks; lowest-highest) | "
               f"{run['tasks_per_s']:.0f} tasks/s ({run['low']:.0f}-{run['high']:.0f}) | 5,000 tasks/s |")
+    for run in throughput:
+        print(f"| CPU per task at --max-tasks {run['max_tasks']}: master; all {run['workers']} workers | "
+              f"{run['master_us']:.0f} us; {run['workers_us']:.0f} us | |")
     print(f"| the same no-op flow in-process, one thread (--max-tasks 256): master core + durable store, "
           f"no RPC, each operation waiting for its own fsync | {core['tasks_per_s']:.0f} tasks/s | |")
     print(f"| placement pass, 200 workers, queue full, one slot freed | "
