@@ -2,9 +2,12 @@
 
 Two connections, so a long-poll never delays a result:
   - the fetch loop blocks in `fetch` until the master has an assignment or a cancel for us;
-  - the report loop sends progress, outcomes and the heartbeat sample, batched.
+    tasks that finish at once (no-ops) run right there, and their outcomes go with the next
+    `fetch`;
+  - the report loop sends progress, other outcomes and the heartbeat sample, batched.
 When the master goes away the tasks keep running; the agent reconnects, registers again with
-what it still runs (the master re-adopts those), and sends the outcomes it kept.
+what it still runs and what it has outcomes for that the master has not acknowledged (the
+master re-adopts those), and sends the outcomes it kept.
 """
 
 from __future__ import annotations
