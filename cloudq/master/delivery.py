@@ -112,7 +112,8 @@ class Delivery(MasterState):
         return refused
 
     def _apply_report(self, record: WorkerRecord, report: dict[str, Any], now: float) -> bool:
-        task = self.tasks.get(report.get("task"))  # type: ignore[arg-type]
+        task_id = report.get("task")
+        task = self.tasks.get(task_id) if isinstance(task_id, str) else None  # a list is unhashable
         if task is None or task.worker != record.name or task.attempt != report.get("attempt"):
             return False
         if task.state is S.CANCELLED:  # the worker confirms it stopped: free what it held

@@ -82,6 +82,18 @@ def test_outcomes_sent_with_fetch_are_applied_and_the_freed_room_comes_back_in_t
     assert second["assign"]["id"] == b.id and b.state is S.ASSIGNED and b.attempt == 1
 
 
+def test_hostile_report_items_are_refused_without_error(master):
+    s = worker(master, "w", cores=2.0, max_tasks=1)
+    (task,) = master.submit([noop()])
+    hostile = [{"task": [task.id], "attempt": 1, "state": "completed"},
+               {"task": task.id, "attempt": {"a": 1}, "state": "completed"},
+               {"task": task.id, "attempt": 1, "state": ["completed"], "progress": [1], "log_tail": 5},
+               {"task": task.id, "attempt": 1, "state": {"x": 1}, "result": "not an object"}]
+    assert master.report("w", s, hostile[:2]) == [[task.id], task.id]
+    master.fetch("w", s, wait_s=0, reports=hostile[2:])
+    assert task.state is S.ASSIGNED and task.attempt == 1 and task.result is None
+
+
 def test_stale_attempt_is_refused(master, clock):
     s = worker(master, "w1")
     (task,) = master.submit([noop(retry_backoff_s=0)])
