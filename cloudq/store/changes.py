@@ -31,6 +31,7 @@ def dumps(value: Any) -> str:
     text = orjson.dumps(value).decode()
     return text if text.isascii() else _ascii_encoder.encode(orjson.loads(text))
 
+
 class Encoded(NamedTuple):
     """A record its owner already encoded with :func:`dumps` (a JSON object), stored as given.
 
@@ -58,34 +59,19 @@ def encode_batch(changes: Sequence[tuple]) -> tuple[str, list[Op]]:
     parts: list[str] = []
     ops: list[Op] = []
     for index, change in enumerate(changes):
-        # The two changes of every task operation first, checked as strictly but with fewer
-        # steps; anything else takes the general path.
-        kind, value = change if type(change) is tuple and len(change) == 2 else (None, None)
-        if kind == "event" and type(value) is dict:
-            text = _dumps_checked(index, kind, value)
-            parts.append(f'["event",{text}]')
-            ops.append(("event", "", text))
-        elif kind == "put" and type(value) is Encoded:
-            record_id, text = _checked_encoded(value)
-            parts.append(f'["put",{text}]')
-            ops.append(("put", record_id, text))
-        else:
-            part, op = _encode_change(index, change)
-            parts.append(part)
-            ops.append(op)
+        part, op = _encode_change(index, change)
+        parts.append(part)
+        ops.append(op)
     return "[" + ",".join(parts) + "]", ops
-
-
-def _dumps_checked(index: int, kind: str, value: Any) -> str:
-    try:
-        return dumps(value)
-    except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
-        raise StoreError(f"change #{index} ({kind}) is not storable as JSON: {exc}") from exc
 
 
 def _encode_change(index: int, change: Any) -> tuple[str, Op]:
     kind = change[0] if isinstance(change, (tuple, list)) and change else None
     try:
+        # Most frequent first: every task operation journals events and records.
+        if kind == "event" and len(change) == 2 and isinstance(change[1], dict):
+            text = dumps(change[1])
+            return f'["event",{text}]', ("event", "", text)
         if kind == "put" and len(change) == 2:
             if type(change[1]) is Encoded:
                 record_id, text = _checked_encoded(change[1])
@@ -94,9 +80,6 @@ def _encode_change(index: int, change: Any) -> tuple[str, Op]:
             return f'["put",{text}]', ("put", record_id, text)
         if kind == "del" and len(change) == 2 and isinstance(change[1], str):
             return f'["del",{dumps(change[1])}]', ("del", change[1], "")
-        if kind == "event" and len(change) == 2 and isinstance(change[1], dict):
-            text = dumps(change[1])
-            return f'["event",{text}]', ("event", "", text)
         if kind == "meta" and len(change) == 3 and isinstance(change[1], str):
             text = dumps(change[2])
             return f'["meta",{dumps(change[1])},{text}]', ("meta", change[1], text)
