@@ -71,13 +71,15 @@ class Master(Delivery, Views):
             if not (record.quarantined or record.draining):
                 raise ValidationError(f"worker {name} is neither quarantined nor draining")
             record.quarantined = record.draining = False
+            self._flags_changed()
             record.consecutive_failures = 0
             self._place(now)
 
     def drain_worker(self, name: str) -> None:
         """The worker finishes what it runs and is given nothing new."""
-        with self._lock:
+        with self._change():
             self._known_worker(name).draining = True
+            self._flags_changed()
 
     def _known_worker(self, name: str) -> WorkerRecord:
         record = self.workers.get(name)

@@ -153,6 +153,7 @@ class Delivery(MasterState):
             record.consecutive_failures += 1
         if record.consecutive_failures >= self.config.quarantine_after and not record.quarantined:
             record.quarantined = True
+            self._flags_changed()
         self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
 
     # ------------------------------------------------------------------ processor

@@ -121,6 +121,10 @@ class MasterState:
                     record.ledger.bookings.setdefault(task.id, Booking(0.0, 0.0, 0.0, ()))
             self._last_seq = top
             self._finished.extend(sorted(finished))
+            for name, flags in ((meta or {}).get(_WORKER_FLAGS) or {}).items():
+                record = self._worker(name)
+                record.quarantined = bool(flags.get("quarantined"))
+                record.draining = bool(flags.get("draining"))
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
@@ -256,6 +260,12 @@ class MasterState:
             for hook in self.hooks.on_event:
                 hook(event)
 
+    def _flags_changed(self) -> None:
+        """Quarantine and drain are operator decisions: journalled, so a restart keeps them."""
+        flagged = {name: {"quarantined": w.quarantined, "draining": w.draining}
+                   for name, w in sorted(self.workers.items()) if w.quarantined or w.draining}
+        self._pending.append(("meta", _WORKER_FLAGS, flagged))
+
     def _prune(self, now: float) -> int:
         """Forgets tasks that finished more than keep_finished_s ago, oldest first, so a
         long-lived master does not grow without bound. O(tasks pruned)."""
@@ -293,6 +303,9 @@ class MasterState:
         self._dirty = {}
         self._pending = []
         return ticket
+
+
+_WORKER_FLAGS = "worker_flags"  # store meta key: {worker: {"quarantined": bool, "draining": bool}}
 
 
 def _awaiting_kill(task: Task) -> bool:

@@ -237,6 +237,40 @@ def test_drain_and_release(master):
         master.drain_worker("nope")
 
 
+def test_quarantine_and_drain_survive_a_master_restart(clock, tmp_path):
+    from cloudq.master.journal import StoreJournal
+    from cloudq.store import Store
+
+    def restarted() -> tuple[Master, Store]:
+        store = Store(tmp_path)
+        state = store.load()
+        master = Master(StoreJournal(store), MasterConfig(quarantine_after=2), clock=clock)
+        master.restore(state.records.values(), state.events, state.meta)
+        return master, store
+
+    first, store = restarted()
+    s = worker(first, "bad", max_tasks=1)
+    worker(first, "old")
+    for task in first.submit([noop(max_retries=0, target_worker="bad") for _ in range(2)]):
+        first.report("bad", s, [{"task": task.id, "attempt": 1, "state": "failed"}])
+    first.drain_worker("old")
+    store.close()
+
+    second, store = restarted()
+    worker(second, "bad")
+    worker(second, "old")
+    statuses = {w["name"]: w["status"] for w in second.worker_views()}
+    assert statuses == {"bad": "quarantined", "old": "draining"}
+    second.release_worker("bad")
+    store.close()
+
+    third, store = restarted()
+    worker(third, "bad")
+    worker(third, "old")
+    assert {w["name"]: w["status"] for w in third.worker_views()} == {"bad": "available", "old": "draining"}
+    store.close()
+
+
 def test_counts_follow_every_move(master, clock):
     s = worker(master, "w", max_tasks=1)
     a, b, c = master.submit([noop(), noop(), noop(max_retries=0)])
