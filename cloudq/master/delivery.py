@@ -101,12 +101,15 @@ class Delivery(MasterState):
             self.journal.wait(ticket)  # a worker never acts on what is not yet durable
         return out
 
-    def report(self, name: str, session: int, reports: list[Any]) -> list[str]:
-        """Progress and outcomes from a worker. Returns the ids whose report was refused (stale
-        attempt, or not this worker's task): the worker drops those."""
+    def report(self, name: str, session: int, reports: list[Any], sample: Any = None) -> list[str]:
+        """Progress and outcomes from a worker, with its live sample if it sent one. Returns the
+        ids whose report was refused (stale attempt, or not this worker's task): the worker
+        drops those."""
         with self._change() as now:
             record = self._connected(name, session)
             record.last_seen = now
+            if isinstance(sample, dict):
+                record.sample = sample
             refused = [r.get("task", "?") for r in reports if not self._apply_report(record, r, now)]
             self._place(now)
         return refused

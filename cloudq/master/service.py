@@ -99,10 +99,12 @@ class MasterService(rpyc.Service):
         name = self._as_worker(payload)
         session = _field(payload, "session", int)
         reports = _reports(payload)
-        if isinstance(payload.get("sample"), dict):
-            self.master.heartbeat(name, payload["sample"])
-        refused = self.master.report(name, session, reports) if reports else []
-        return {"refused": refused}
+        sample = payload.get("sample")
+        if reports:  # one operation for both
+            return {"refused": self.master.report(name, session, reports, sample)}
+        if isinstance(sample, dict):
+            self.master.heartbeat(name, sample)
+        return {"refused": []}
 
     @endpoint
     def exposed_submit(self, payload: Any) -> list[dict[str, Any]]:

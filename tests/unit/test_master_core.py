@@ -94,6 +94,19 @@ def test_hostile_report_items_are_refused_without_error(master):
     assert task.state is S.ASSIGNED and task.attempt == 1 and task.result is None
 
 
+def test_live_samples_arrive_with_reports_and_alone(master, clock):
+    s = worker(master, "w", max_tasks=1)
+    (task,) = master.submit([noop()])
+    clock.now += 3
+    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "running"}], {"cpu_load": 0.5})
+    (view,) = master.worker_views()
+    assert view["sample"] == {"cpu_load": 0.5} and master.workers["w"].last_seen == clock.now
+    clock.now += 3
+    master.heartbeat("w", {"cpu_load": 0.25})
+    assert master.worker_views()[0]["sample"] == {"cpu_load": 0.25}
+    assert master.workers["w"].last_seen == clock.now
+
+
 def test_stale_attempt_is_refused(master, clock):
     s = worker(master, "w1")
     (task,) = master.submit([noop(retry_backoff_s=0)])
