@@ -161,6 +161,16 @@ def read_fifo(path: Path, timeout_s: float = 30.0) -> str:
         os.close(fd)
 
 
+def group_gone(pgid: int, timeout: float = 2.0) -> list[psutil.Process]:
+    """Awaits the end of a process group the runner has SIGKILLed: the signal is sent before
+    the runner returns, but the kernel ends the processes asynchronously, which on a loaded
+    machine can take a moment. Returns the members still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (alive := live_group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return alive
+
+
 def live_group_members(pgid: int) -> list[psutil.Process]:
     """Processes still alive (not zombies) in a process group."""
     members = []

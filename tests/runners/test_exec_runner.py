@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cloudq.worker.runners import RunStatus, run_task, tail_log
 
-from .conftest import Background, live_group_members, read_fifo
+from .conftest import Background, group_gone, live_group_members, read_fifo
 
 # Two background sleepers and a waiting shell; the shell reports its pid (= the group id) once
 # both children exist, through a FIFO the test reads.
@@ -84,7 +84,7 @@ def test_cancel_kills_every_child(make_ctx):
     assert result.status == RunStatus.CANCELLED
     assert took < 5.0
     assert "cancelled" in result.error
-    assert live_group_members(pgid) == []
+    assert group_gone(pgid) == []
 
 
 def test_timeout_kills_the_group_and_says_timed_out(make_ctx):
@@ -97,7 +97,7 @@ def test_timeout_kills_the_group_and_says_timed_out(make_ctx):
     assert result.status == RunStatus.TIMED_OUT
     assert 1.0 <= result.duration_s < 6.0
     assert result.error == "timed out after 1 s: the process group was killed"
-    assert live_group_members(pgid) == []
+    assert group_gone(pgid) == []
 
 
 def test_term_ignoring_children_are_killed_after_the_grace(make_ctx):
@@ -109,14 +109,14 @@ def test_term_ignoring_children_are_killed_after_the_grace(make_ctx):
     result, took = task.cancel_and_wait(5)
     assert result.status == RunStatus.CANCELLED
     assert took < 5.0
-    assert live_group_members(pgid) == []
+    assert group_gone(pgid) == []
 
 
 def test_background_children_do_not_outlive_a_finished_task(make_ctx):
     ctx = make_ctx("exec", {"argv": ["sh", "-c", "sleep 300 & echo $$"]})
     result = run_task(ctx)
     assert result.status == RunStatus.COMPLETED
-    assert live_group_members(int(result.log_tail.strip())) == []
+    assert group_gone(int(result.log_tail.strip())) == []
 
 
 def test_noop_completes_and_is_cancellable(make_ctx):
