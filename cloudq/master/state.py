@@ -31,7 +31,7 @@ from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
 from cloudq.model import FINAL_STATES, Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
-from cloudq.specs import required_capabilities
+from cloudq.specs import capabilities_of
 from cloudq.transitions import Event, EventLog, move
 
 S = TaskState
@@ -216,7 +216,8 @@ class MasterState:
         key = (task.kind, orjson.dumps(task.spec, option=orjson.OPT_SORT_KEYS))
         caps = self._capabilities.get(key)
         if caps is None:
-            caps = self._capabilities[key] = required_capabilities(task.kind, task.spec)
+            # task.spec was normalised by validate_spec on submit: no need to check it again
+            caps = self._capabilities[key] = capabilities_of(task.kind, task.spec)
         return caps
 
     def _enqueue(self, task: Task, since: float | None = None) -> None:
