@@ -40,6 +40,11 @@ MAX_FRAME_BYTES = 64 << 20  # one RPC message, before or after decompression
 MAX_ARGUMENT_CHARS = 32 << 20  # one JSON argument
 
 
+class FrameTooLarge(EOFError):
+    """A frame over the limit arrived. The connection cannot be read any further (the rest of
+    the frame is unread), so it is an EOFError to rpyc; callers can still tell the cause."""
+
+
 class BoundedChannel(Channel):
     """An RPyC channel that refuses frames over MAX_FRAME_BYTES, compressed or not, so a peer
     cannot make us allocate gigabytes with a few bytes (a zlib bomb or a huge length)."""
@@ -48,13 +53,13 @@ class BoundedChannel(Channel):
         header = self.stream.read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
         if length > MAX_FRAME_BYTES:
-            raise EOFError(f"frame of {length} bytes refused (limit {MAX_FRAME_BYTES})")
+            raise FrameTooLarge(f"frame of {length} bytes refused (limit {MAX_FRAME_BYTES})")
         data = self.stream.read(length + len(self.FLUSHER))[: -len(self.FLUSHER)]
         if compressed:
             inflater = zlib.decompressobj()
             data = inflater.decompress(data, MAX_FRAME_BYTES)
             if inflater.unconsumed_tail:
-                raise EOFError(f"compressed frame inflates past {MAX_FRAME_BYTES} bytes; refused")
+                raise FrameTooLarge(f"compressed frame inflates past {MAX_FRAME_BYTES} bytes; refused")
         return data
 
 
