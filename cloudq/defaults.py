@@ -6,7 +6,10 @@ from __future__ import annotations
 BIND = "127.0.0.1"  # the master listens on loopback unless told otherwise
 PORT = 18861  # RPyC endpoint of the master
 METRICS_PORT = 0  # Prometheus endpoint; 0 = off
-MAX_CONNECTIONS = 512  # connections beyond this are closed at once
+MAX_CONNECTIONS = 512  # authenticated connections in total; beyond twice this, closed at once
+MAX_CONNECTIONS_PER_PEER = 8  # connections one certificate (a worker) may hold at once
+ADMIN_RESERVED_CONNECTIONS = 8  # of MAX_CONNECTIONS, kept for operators (admin certificate)
+IDLE_TIMEOUT_S = 300.0  # a connection that sends nothing this long is closed
 SYNC_REQUEST_TIMEOUT_S = 30.0  # an RPC call that takes longer fails instead of hanging
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that does not finish TLS + RPyC setup by then is dropped
 

@@ -37,3 +37,8 @@ class RunnerError(CloudqError):
 
 class AuthError(CloudqError):
     """A peer could not prove who it is, or asked for something it may not do."""
+
+
+class LimitError(CloudqError):
+    """A bound was reached (connections, registered workers, a reply's size); nothing changed.
+    Trying again later, or asking for less, may succeed."""

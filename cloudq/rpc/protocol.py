@@ -10,6 +10,8 @@ run code in our process, so anything that is not exactly `str` is refused.
 
 from __future__ import annotations
 
+import threading
+import time
 import zlib
 from typing import Any
 
@@ -36,8 +38,12 @@ PROTOCOL_CONFIG: dict[str, Any] = {
     "log_exceptions": False,
 }
 
-MAX_FRAME_BYTES = 64 << 20  # one RPC message, before or after decompression
+MAX_FRAME_BYTES = 64 << 20  # one RPC message from an operator or a trusted peer, inflated
+PEER_MAX_FRAME_BYTES = 16 << 20  # ...from a worker's certificate (reports and registrations)
+INFLATE_BUDGET_BYTES = 160 << 20  # bytes being inflated at once, across all connections
+INFLATE_WAIT_S = 10.0  # a frame waits this long for room in the budget, then is refused
 MAX_ARGUMENT_CHARS = 32 << 20  # one JSON argument
+_INFLATE_CHUNK = 1 << 20
 
 
 class FrameTooLarge(EOFError):
@@ -45,22 +51,83 @@ class FrameTooLarge(EOFError):
     the frame is unread), so it is an EOFError to rpyc; callers can still tell the cause."""
 
 
+class Budget:
+    """Bytes that may be held at once, shared by every connection. A frame takes room as it
+    inflates and gives it back once it has been handled, so many peers each sending a small
+    compressed frame that inflates to tens of MiB cannot add up to gigabytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cv = threading.Condition()
+
+    def take(self, amount: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self.used + amount > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            self.used += amount
+            return True
+
+    def give(self, amount: int) -> None:
+        if amount:
+            with self._cv:
+                self.used -= amount
+                self._cv.notify_all()
+
+
+INFLATE_BUDGET = Budget(INFLATE_BUDGET_BYTES)
+
+
 class BoundedChannel(Channel):
-    """An RPyC channel that refuses frames over MAX_FRAME_BYTES, compressed or not, so a peer
-    cannot make us allocate gigabytes with a few bytes (a zlib bomb or a huge length)."""
+    """An RPyC channel that refuses frames over `max_frame` bytes, compressed or not, so a peer
+    cannot make us allocate gigabytes with a few bytes (a zlib bomb or a huge length).
+
+    A compressed frame inflates in steps of 1 MiB, each taken from INFLATE_BUDGET; the room is
+    held until `release()` (the server calls it once the request is handled) or the next frame.
+    """
+
+    max_frame = MAX_FRAME_BYTES
+    budget: Budget | None = None  # the server sets INFLATE_BUDGET; clients trust their master
+    _held = 0
 
     def recv(self) -> bytes:
+        self.release()
         header = self.stream.read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
-        if length > MAX_FRAME_BYTES:
-            raise FrameTooLarge(f"frame of {length} bytes refused (limit {MAX_FRAME_BYTES})")
+        if length > self.max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes refused (limit {self.max_frame})")
         data = self.stream.read(length + len(self.FLUSHER))[: -len(self.FLUSHER)]
-        if compressed:
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(data, MAX_FRAME_BYTES)
-            if inflater.unconsumed_tail:
-                raise FrameTooLarge(f"compressed frame inflates past {MAX_FRAME_BYTES} bytes; refused")
-        return data
+        if not compressed:
+            return data
+        inflater = zlib.decompressobj()
+        parts, size, pending = [], 0, data
+        while pending and size <= self.max_frame:
+            step = min(_INFLATE_CHUNK, self.max_frame + 1 - size)
+            if self.budget is not None:
+                if not self.budget.take(step, INFLATE_WAIT_S):
+                    raise FrameTooLarge("too many large frames are being inflated at once; refused")
+                self._held += step
+            part = inflater.decompress(pending, step)
+            parts.append(part)
+            size += len(part)
+            pending = inflater.unconsumed_tail
+        if size > self.max_frame:
+            raise FrameTooLarge(f"compressed frame inflates past {self.max_frame} bytes; refused")
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Gives back the budget the last frame took."""
+        if self._held and self.budget is not None:
+            self.budget.give(self._held)
+        self._held = 0
+
+    def close(self) -> None:
+        self.release()
+        super().close()
 
 
 def decode_argument(raw: Any) -> Any:

@@ -3,17 +3,25 @@
 - TLS with client certificates when a TLS directory is given; the certificate's name becomes
   the connection's identity. Without TLS (loopback, or `--insecure`) every peer is trusted.
 - The TLS handshake and RPyC setup must finish within HANDSHAKE_TIMEOUT_S.
-- At most MAX_CONNECTIONS peers; more are closed at once.
-- Frames are bounded (protocol.BoundedChannel).
+- Connection slots (ConnectionSlots): a cap in total, a cap per certificate, and a few slots
+  only an operator may take. A peer over a cap is answered `connection limit reached` on its
+  first call and closed; sockets beyond twice the total are closed at once.
+- A connection that sends nothing for IDLE_TIMEOUT_S is closed.
+- Frames are bounded (protocol.BoundedChannel), smaller for workers' certificates, and what
+  they inflate to is drawn from one budget for the whole process.
+- The listener survives accept() errors (a descriptor flood): it logs, pauses and goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +32,25 @@ from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import ThreadedServer
 
 from cloudq import defaults
-from cloudq.errors import CloudqError
+from cloudq.errors import CloudqError, LimitError
 from cloudq.rpc import tls
-from cloudq.rpc.protocol import PROTOCOL_CONFIG, BoundedChannel
+from cloudq.rpc.protocol import (
+    INFLATE_BUDGET,
+    PEER_MAX_FRAME_BYTES,
+    PROTOCOL_CONFIG,
+    BoundedChannel,
+    failure,
+)
 
 log = logging.getLogger("cloudq.rpc")
 log.setLevel(logging.WARNING)  # rpyc logs every accept at INFO: too chatty for operators
+
+# accept() errors that pass: out of descriptors or buffers, or a peer gone before we took it.
+TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                           errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR,
+                           errno.EAGAIN}
+ACCEPT_PAUSE_S = 0.1  # after a failed accept(): time for descriptors to come back
+REFUSAL_LINGER_S = 2.0  # a refused peer has this long to make the call that tells it why
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,52 @@ class Identity:
 
     def may_act_as_worker(self, worker: str) -> bool:
         return self.trusted or self.name == worker
+
+
+class ConnectionSlots:
+    """Who holds how many connections, and whether one more may stay.
+
+    A worker needs two (fetch and report), more while it reconnects; `cloudq ctl` one per call.
+    Without TLS every peer is the same trusted identity, so only the total applies."""
+
+    def __init__(self, total: int = defaults.MAX_CONNECTIONS,
+                 per_peer: int = defaults.MAX_CONNECTIONS_PER_PEER,
+                 admin_reserve: int = defaults.ADMIN_RESERVED_CONNECTIONS) -> None:
+        self.total, self.per_peer, self.admin_reserve = total, per_peer, admin_reserve
+        self.held: Counter[str | None] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, identity: Identity) -> str | None:
+        """None when the slot is granted, otherwise why not (told to the peer)."""
+        with self._lock:
+            count = sum(self.held.values())
+            limit = self.total if identity.is_admin else self.total - self.admin_reserve
+            if count >= limit:
+                return (f"connection limit reached: the master holds {count} connections "
+                        f"(limit {limit}{'' if identity.is_admin else ' for non-operators'})")
+            if identity.name is not None and not identity.is_admin and (
+                self.held[identity.name] >= self.per_peer
+            ):
+                return (f"connection limit reached: {identity.name!r} already holds "
+                        f"{self.held[identity.name]} connections (limit {self.per_peer})")
+            self.held[identity.name] += 1
+            return None
+
+    def give(self, identity: Identity) -> None:
+        with self._lock:
+            self.held[identity.name] -= 1
+            if self.held[identity.name] <= 0:
+                del self.held[identity.name]
+
+
+class Refusal(rpyc.Service):
+    """Serves a peer that is over a limit: every call answers with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reply = failure(LimitError(reason))
+
+    def _rpyc_getattr(self, name: str) -> Any:
+        return lambda *args: self.reply
 
 
 class Authenticator:
@@ -67,27 +134,105 @@ class Authenticator:
 
 
 class BoundedServer(ThreadedServer):
-    def __init__(self, *args: Any, max_connections: int = defaults.MAX_CONNECTIONS, **kwargs: Any):
+    def __init__(self, *args: Any, slots: ConnectionSlots | None = None,
+                 idle_timeout_s: float = defaults.IDLE_TIMEOUT_S, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.max_connections = max_connections
+        self.slots = slots or ConnectionSlots()
+        self.idle_timeout_s = idle_timeout_s
+        self.accept_errors = 0  # figures for status and tests
+        self._last_accept_warning = 0.0
 
-    def _accept_method(self, sock: socket.socket) -> None:
-        if len(self.clients) > self.max_connections:
-            log.warning("connection limit %d reached; closing a new connection", self.max_connections)
-            self.clients.discard(sock)
+    def start(self) -> None:
+        """Serves until close(). Unlike rpyc's, an error never ends the loop: a listener that
+        closed on one bad accept() would leave a live-looking master nobody can reach."""
+        self._listen()
+        while self.active:
+            try:
+                self.accept()
+            except Exception:  # noqa: BLE001 - keep listening whatever one connection did
+                if self.active:
+                    log.exception("accepting a connection failed; listening on")
+                    time.sleep(ACCEPT_PAUSE_S)
+        self.close()
+
+    def accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except TimeoutError:
+            return
+        except OSError as err:
+            if not self.active:
+                return
+            self._accept_failed(err)
+            return
+        if len(self.clients) >= 2 * self.slots.total:  # slots are counted after the handshake
             sock.close()
             return
+        sock.setblocking(True)
+        self.clients.add(sock)
+        self._accept_method(sock)
+
+    def _accept_failed(self, err: OSError) -> None:
+        self.accept_errors += 1
+        now = time.monotonic()
+        if now - self._last_accept_warning > 10:  # a flood must not flood the log too
+            self._last_accept_warning = now
+            log.warning("accept() failed: %s (%d so far); pausing %.1fs and listening on",
+                        err.strerror or err, self.accept_errors, ACCEPT_PAUSE_S)
+        if err.errno not in TRANSIENT_ACCEPT_ERRORS:
+            log.error("unexpected accept() error %s", err)
+        time.sleep(ACCEPT_PAUSE_S)
+
+    def _accept_method(self, sock: socket.socket) -> None:
         # Small request/reply messages: without this, Nagle and delayed ACKs add ~40 ms a call.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super()._accept_method(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._authenticate_and_serve_client, args=(sock,),
+                             daemon=True).start()
+        except (OSError, RuntimeError) as err:  # a peer already gone, or no thread to be had
+            log.warning("dropping a new connection: %s", err)
+            self.clients.discard(sock)
+            sock.close()
 
     def _serve_client(self, sock: Any, credentials: Any) -> None:
-        addrinfo = sock.getpeername()
-        config = dict(self.protocol_config, credentials=credentials,
-                      endpoints=(sock.getsockname(), addrinfo), logger=self.logger)
-        conn = self.service._connect(BoundedChannel(SocketStream(sock)), config)
-        sock.settimeout(None)  # set up: from now on requests may wait (long-poll fetch)
-        self._handle_connection(conn)
+        identity = credentials if isinstance(credentials, Identity) else Identity(None)
+        refusal = self.slots.take(identity)
+        try:
+            channel = BoundedChannel(SocketStream(sock))
+            channel.budget = INFLATE_BUDGET
+            if not identity.is_admin:
+                channel.max_frame = PEER_MAX_FRAME_BYTES
+            config = dict(self.protocol_config, credentials=identity,
+                          endpoints=(sock.getsockname(), sock.getpeername()), logger=self.logger)
+            if refusal is not None:
+                log.warning("refusing %s: %s", identity.name or "a peer", refusal)
+                conn = Refusal(refusal)._connect(channel, config)
+                self._serve(conn, channel, REFUSAL_LINGER_S, deadline=time.monotonic() + REFUSAL_LINGER_S)
+                return
+            conn = self.service._connect(channel, config)
+            self._serve(conn, channel, self.idle_timeout_s)
+        finally:
+            if refusal is None:
+                self.slots.give(identity)
+
+    def _serve(self, conn: rpyc.Connection, channel: BoundedChannel, idle_s: float,
+               deadline: float | None = None) -> None:
+        """Serves requests until the peer leaves, stays silent for idle_s, or the deadline
+        passes. Each request is handled before the next is read, so the inflate budget is
+        given back right after."""
+        channel.stream.sock.settimeout(None)  # set up: requests may now wait (long-poll fetch)
+        try:
+            while not conn.closed:
+                try:
+                    served = conn.serve(idle_s)
+                finally:
+                    channel.release()
+                if not served or (deadline is not None and time.monotonic() > deadline):
+                    break
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -100,7 +245,8 @@ def is_loopback(host: str) -> bool:
 
 
 def start_server(
-    service: rpyc.Service, host: str, port: int, tls_dir: Path | None, insecure: bool
+    service: rpyc.Service, host: str, port: int, tls_dir: Path | None, insecure: bool,
+    slots: ConnectionSlots | None = None,
 ) -> BoundedServer:
     """Binds and starts serving in a background thread. Off loopback, TLS or --insecure."""
     if tls_dir is None and not is_loopback(host) and not insecure:
@@ -111,7 +257,7 @@ def start_server(
     context = tls.server_context(tls_dir) if tls_dir else None
     server = BoundedServer(
         service, hostname=host, port=port, authenticator=Authenticator(context),
-        protocol_config=dict(PROTOCOL_CONFIG), listener_timeout=0.5, logger=log,
+        protocol_config=dict(PROTOCOL_CONFIG), listener_timeout=0.5, logger=log, slots=slots,
     )
     server._listen()  # listening before we return, so the port is known and close() is safe
     thread = threading.Thread(target=server.start, name="rpc-server", daemon=True)
