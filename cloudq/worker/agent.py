@@ -8,6 +8,9 @@ Two connections, so a long-poll never delays a result:
 When the master goes away the tasks keep running; the agent reconnects, registers again with
 what it still runs and what it has outcomes for that the master has not acknowledged (the
 master re-adopts those), and sends the outcomes it kept.
+Every error a master call ends with is transient to the worker (backoff.py): an error answer
+(a full store, a refusal) is retried on the same connection after a bounded, doubling wait; a
+lost connection or a stale session means registering again. The worker never exits over it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from cloudq import defaults
-from cloudq.errors import CloudqError, NotFoundError
+from cloudq.errors import NotFoundError
 from cloudq.rpc.client import MasterClient
 from cloudq.worker import probes
+from cloudq.worker.backoff import Backoff
 from cloudq.worker.runners import (
     RunContext,
     capability_set,
@@ -40,6 +44,9 @@ from cloudq.worker.runners import (
 log = logging.getLogger("cloudq.worker")
 
 LEASE_SAFETY = 0.8  # a cut-off worker stops its tasks at this fraction of the lease
+# Errors after which the worker registers again: the connection is gone, or the master no
+# longer knows our session. Any other error is answered by waiting and asking again.
+LOST_MASTER = (ConnectionError, EOFError, OSError, NotFoundError)
 
 
 @dataclass
@@ -88,6 +95,7 @@ class WorkerAgent:
         self._heartbeat_s = defaults.HEARTBEAT_S
         self._lease_s = defaults.LEASE_S
         self._last_contact = time.monotonic()
+        self._report_backoff = Backoff("report", log)
         # Threads are reused: a task costs a queue hand-off, not a thread start. Headroom beyond
         # max_tasks covers re-adopted tasks still finishing after a reconnect.
         self._pool = ThreadPoolExecutor(max_workers=options.max_tasks * 2, thread_name_prefix="task")
@@ -112,32 +120,42 @@ class WorkerAgent:
         }
 
     def connect(self) -> None:
-        """(Re)connects both channels and registers, retrying until the master answers."""
-        delay = 0.2
+        """(Re)connects both channels and registers, retrying whatever goes wrong (no master, a
+        refusal, a full store, a malformed answer) until the master takes us."""
+        backoff = Backoff(f"registering with {self.options.master}", log)
         while not self.stopping.is_set():
             try:
                 self._connect_once()
+                backoff.succeeded()
                 return
-            except (ConnectionError, OSError, EOFError, CloudqError) as err:
-                log.warning("cannot register with %s: %s; retrying in %.1fs", self.options.master, err, delay)
-                self.stopping.wait(delay)
+            except Exception as err:  # noqa: BLE001 - nothing the master does may end the worker
                 hurry = self.running or self._unreported  # back before the lease ends: re-adopt
-                delay = min(delay * 2, 1.0 if hurry else 5.0)
+                self.stopping.wait(backoff.failed(err, max_s=1.0 if hurry else None))
 
     def _connect_once(self) -> None:
         self._close_connections()
         identity = self.name
-        fetch = MasterClient(self.options.master, self.options.tls_dir, identity)
-        report = MasterClient(self.options.master, self.options.tls_dir, identity)
-        with self._lock:
-            running = [[r.task_id, r.attempt] for r in self.running.values()]
-            running += [[task_id, attempt] for task_id, attempt in self._unreported.items()]
-        reply = fetch.call("register", {"facts": self.facts, "running": running})
+        fetch = report = None
+        try:
+            fetch = MasterClient(self.options.master, self.options.tls_dir, identity)
+            report = MasterClient(self.options.master, self.options.tls_dir, identity)
+            with self._lock:
+                running = [[r.task_id, r.attempt] for r in self.running.values()]
+                running += [[task_id, attempt] for task_id, attempt in self._unreported.items()]
+            reply = fetch.call("register", {"facts": self.facts, "running": running})
+            session = int(reply["session"])
+            heartbeat_s = float(reply.get("heartbeat_s") or defaults.HEARTBEAT_S)
+            lease_s = float(reply.get("lease_s") or defaults.LEASE_S)
+        except BaseException:
+            for conn in (fetch, report):  # a failed attempt must not leak its sockets
+                if conn is not None:
+                    conn.close()
+            raise
         with self._lock:
             self._fetch_conn, self._report_conn = fetch, report
-            self._session = reply["session"]
-            self._heartbeat_s = float(reply.get("heartbeat_s") or defaults.HEARTBEAT_S)
-            self._lease_s = float(reply.get("lease_s") or defaults.LEASE_S)
+            self._session = session
+            self._heartbeat_s = heartbeat_s
+            self._lease_s = lease_s
             self._last_contact = time.monotonic()
             self._generation += 1
         for task_id in reply.get("stop") or []:
@@ -160,6 +178,7 @@ class WorkerAgent:
         reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
         reporter.start()
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        backoff = Backoff("fetch", log)
         while not self.stopping.is_set():
             generation = self._generation
             at_hand, self._at_hand = self._at_hand, []
@@ -169,10 +188,15 @@ class WorkerAgent:
                 instructions = self._fetch_conn.call(  # type: ignore[union-attr]
                     "fetch", {"name": self.name, "session": self._session,
                               "wait_s": defaults.POLL_WAIT_S, "reports": at_hand})
-            except (ConnectionError, NotFoundError) as err:
+            except LOST_MASTER as err:
                 self._at_hand = at_hand + self._at_hand  # sent again once registered again
                 self._lost_master(generation, err)
                 continue
+            except Exception as err:  # noqa: BLE001 - a master-side error: wait, ask again
+                self._at_hand = at_hand + self._at_hand
+                self.stopping.wait(backoff.failed(err))
+                continue
+            backoff.succeeded()
             self._last_contact = time.monotonic()
             self._acknowledged(at_hand)
             for instruction in instructions:
@@ -223,17 +247,24 @@ class WorkerAgent:
             self._send(batch, sample)
 
     def _send(self, batch: list[dict[str, Any]], sample: dict[str, Any] | None) -> None:
+        """Sends until the master takes the batch; what was queued meanwhile joins it."""
         while True:
             generation = self._generation
             try:
                 reply = self._report_conn.call(  # type: ignore[union-attr]
                     "report", {"name": self.name, "session": self._session, "reports": batch,
                                "sample": sample})
-            except (ConnectionError, NotFoundError) as err:
+            except Exception as err:  # noqa: BLE001 - every master error is transient to us
                 if self.stopping.is_set():
                     return
-                self._lost_master(generation, err)
+                if isinstance(err, LOST_MASTER):
+                    self._lost_master(generation, err)
+                else:
+                    self.stopping.wait(self._report_backoff.failed(err))
+                # Newer progress replaces older in the retried batch; outcomes always stay.
+                batch = latest_per_task(batch + self._drain(timeout=0))
                 continue
+            self._report_backoff.succeeded()
             self._last_contact = time.monotonic()
             self._acknowledged(batch)
             for task_id in reply.get("refused") or []:
@@ -269,13 +300,7 @@ class WorkerAgent:
         with contextlib.suppress(queue.Empty):
             while len(items) < 1000:
                 items.append(self.outbox.get_nowait())
-        latest: dict[tuple[str, int], dict[str, Any]] = {}
-        for item in items:
-            key = (item["task"], item["attempt"])
-            if "result" in latest.get(key, {}):
-                continue
-            latest[key] = item
-        return list(latest.values())
+        return latest_per_task(items)
 
     # ------------------------------------------------------------------ tasks
     def _start(self, assignment: dict[str, Any]) -> None:
@@ -367,3 +392,14 @@ def run_worker(options: WorkerOptions) -> int:
     finally:
         agent.close()
     return 0
+
+
+def latest_per_task(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest report per task attempt, except that an outcome always wins over progress."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for item in items:
+        key = (item["task"], item["attempt"])
+        if "result" in latest.get(key, {}):
+            continue
+        latest[key] = item
+    return list(latest.values())
