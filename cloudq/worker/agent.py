@@ -33,6 +33,7 @@ from cloudq.rpc.client import MasterClient
 from cloudq.worker import probes
 from cloudq.worker.backoff import Backoff
 from cloudq.worker.runners import (
+    Fault,
     RunContext,
     capability_set,
     detect_capabilities,
@@ -40,6 +41,7 @@ from cloudq.worker.runners import (
     run_task,
     tail_log,
 )
+from cloudq.worker.runners.base import one_line
 
 log = logging.getLogger("cloudq.worker")
 
@@ -228,10 +230,13 @@ class WorkerAgent:
             self.connect()
 
     def _obey(self, instruction: dict[str, Any]) -> None:
-        if "assign" in instruction:
-            self._start(instruction["assign"])
-        elif "cancel" in instruction:
-            self._cancel(instruction["cancel"], instruction.get("attempt"))
+        try:
+            if "assign" in instruction:
+                self._start(instruction["assign"])
+            elif "cancel" in instruction:
+                self._cancel(instruction["cancel"], instruction.get("attempt"))
+        except Exception:  # noqa: BLE001 - one malformed instruction must not end the worker
+            log.exception("cannot follow the master's instruction %.200r", instruction)
 
     def _report_loop(self) -> None:
         next_beat = 0.0
@@ -315,10 +320,23 @@ class WorkerAgent:
                 self._unreported[task_id] = attempt
             self._at_hand.append(outcome)
             return
-        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:  # a full or read-only disk: fail the task, blame the worker
+            self._fail_at_once(entry, f"task directory {work_dir} cannot be created: {err.strerror}")
+            return
         with self._lock:
             self.running[task_id] = entry
         entry.future = self._pool.submit(self._execute, assignment, entry)
+
+    def _fail_at_once(self, entry: Running, error: str) -> None:
+        log.error("task %s not started: %s", entry.task_id, error)
+        result = failed_result(time.time(), error)
+        result["started_at"] = time.time()
+        with self._lock:
+            self._unreported[entry.task_id] = entry.attempt
+        self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "failed",
+                         "result": result, "started_at": result["started_at"]})
 
     def _execute(self, assignment: dict[str, Any], entry: Running) -> None:
         """A task thread: announce the start, run, clean up, report the outcome."""
@@ -352,8 +370,7 @@ class WorkerAgent:
             result = run_task(ctx).to_dict()
         except Exception as err:  # noqa: BLE001 - a runner bug fails the task, not the worker
             log.exception("runner crashed on %s", entry.task_id)
-            result = {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
-                      "error": f"runner crashed: {type(err).__name__}: {err}", "output": {}, "log_tail": ""}
+            result = failed_result(started, f"runner crashed: {type(err).__name__}: {err}")
         result["started_at"] = started
         return {"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
                 "result": result, "started_at": started}
@@ -392,6 +409,12 @@ def run_worker(options: WorkerOptions) -> int:
     finally:
         agent.close()
     return 0
+
+
+def failed_result(started: float, error: str) -> dict[str, Any]:
+    """The result of a task this worker failed to run: the worker's fault, not the task's."""
+    return {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
+            "error": one_line(error), "output": {}, "log_tail": "", "fault": str(Fault.WORKER)}
 
 
 def latest_per_task(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

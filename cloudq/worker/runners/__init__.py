@@ -2,7 +2,7 @@
 
 run_task is the one entry point: it validates the spec again (the worker does not trust what
 came over the wire), picks the runner for the kind, and turns every task-level problem into a
-RunResult. Only programming errors raise.
+RunResult, which says whose fault a failure was (base.Fault). Only programming errors raise.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from cloudq.worker.runners import container, ffmpeg, noop
 from cloudq.worker.runners import exec as exec_runner
 from cloudq.worker.runners.base import (
     LOG_NAME,
+    Fault,
     RunContext,
     RunResult,
     RunStatus,
+    WorkerFaultError,
     refused,
+    refused_by,
     tail_log,
 )
 from cloudq.worker.runners.capabilities import capability_set, detect_capabilities
@@ -34,7 +37,9 @@ RUNNERS: dict[str, Callable[[RunContext], RunResult]] = {
 
 __all__ = [
     "is_instant",
+    "Fault",
     "LOG_NAME",
+    "WorkerFaultError",
     "RunContext",
     "RunResult",
     "RunStatus",
@@ -62,4 +67,4 @@ def run_task(ctx: RunContext) -> RunResult:
     try:
         return RUNNERS[ctx.kind](ctx)
     except RunnerError as exc:
-        return refused(started, str(exc))
+        return refused_by(started, exc)

@@ -2,10 +2,17 @@
 
 A runner never raises for a task-level problem: a bad path, a missing image, a crash of the
 task, a timeout or a cancel all come back as a RunResult with a one-line error. Only bugs raise.
+
+Every failure also says whose fault it is, for the master's quarantine: `task` when the task
+caused it (a refused spec, a bad input, a non-zero exit, a missing image, a timeout, memory)
+and `worker` when this worker could not do its part (no Docker engine, no FFmpeg, a task
+directory or log it cannot write, a process it cannot start, a runner crash). Only the second
+kind counts against the worker.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -26,6 +33,31 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+
+
+class Fault(StrEnum):
+    """Who a failed (or timed-out) task failed because of."""
+
+    TASK = "task"
+    WORKER = "worker"
+
+
+class WorkerFaultError(RunnerError):
+    """The task could not run because of this worker (its engine, tools, disk), not the task."""
+
+
+# An OSError with one of these is the machine's trouble whatever the task asked for.
+WORKER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM,
+                           errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+
+
+def fault_of(exc: BaseException) -> Fault:
+    """The fault a RunnerError (or an OSError met while setting a task up) stands for."""
+    if isinstance(exc, WorkerFaultError):
+        return Fault.WORKER
+    if isinstance(exc, OSError) and exc.errno in WORKER_ERRNOS:
+        return Fault.WORKER
+    return Fault.TASK
 
 
 def _ignore_progress(_: dict[str, Any]) -> None:
@@ -69,6 +101,13 @@ class RunResult:
     error: str | None = None
     output: dict[str, Any] = field(default_factory=dict)
     log_tail: str = ""
+    fault: Fault | None = None  # set for failed and timed_out; task unless said otherwise
+
+    def __post_init__(self) -> None:
+        if self.status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+            self.fault = self.fault or Fault.TASK
+        else:
+            self.fault = None  # completed or cancelled: nobody's fault
 
     @property
     def ok(self) -> bool:
@@ -83,17 +122,24 @@ class RunResult:
             "error": self.error,
             "output": dict(self.output),
             "log_tail": self.log_tail,
+            "fault": None if self.fault is None else str(self.fault),
         }
 
 
-def refused(started: float, error: str) -> RunResult:
+def refused(started: float, error: str, fault: Fault = Fault.TASK) -> RunResult:
     """A task turned down before anything ran: no process, no container, no log."""
     return RunResult(
         status=RunStatus.FAILED,
         exit_code=None,
         duration_s=time.monotonic() - started,
         error=one_line(error),
+        fault=fault,
     )
+
+
+def refused_by(started: float, exc: RunnerError) -> RunResult:
+    """refused() for a RunnerError, with the fault it stands for."""
+    return refused(started, str(exc), fault_of(exc))
 
 
 def finished(
@@ -103,8 +149,10 @@ def finished(
     started: float,
     error: str | None,
     output: dict[str, Any] | None = None,
+    fault: Fault | None = None,
 ) -> RunResult:
-    """The result of a task that ran: its outcome, the time since `started`, its log's tail."""
+    """The result of a task that ran: its outcome, the time since `started`, its log's tail.
+    A failure is the task's fault unless `fault` says otherwise."""
     return RunResult(
         status=status,
         exit_code=exit_code,
@@ -112,6 +160,7 @@ def finished(
         error=one_line(error) if error else None,
         output=output or {},
         log_tail=tail_log(ctx.work_dir),
+        fault=fault,
     )
 
 
@@ -149,5 +198,5 @@ def open_log(ctx: RunContext):
     try:
         fd = os.open(ctx.log_path, flags, 0o644)
     except OSError as exc:
-        raise RunnerError(f"task log {ctx.log_path} cannot be written: {exc.strerror}") from None
+        raise WorkerFaultError(f"task log {ctx.log_path} cannot be written: {exc.strerror}") from None
     return os.fdopen(fd, "ab", buffering=0)

@@ -22,9 +22,11 @@ from requests import RequestException
 
 from cloudq.errors import RunnerError
 from cloudq.worker.runners.base import (
+    Fault,
     RunContext,
     RunResult,
     RunStatus,
+    WorkerFaultError,
     finished,
     one_line,
     open_log,
@@ -37,6 +39,7 @@ PIDS_LIMIT = 512  # enough for real work, too few for a fork bomb to hurt the ho
 API_TIMEOUT_S = 30
 LOG_JOIN_S = 5.0
 MIB = 1024**2
+STATE_UNAVAILABLE = "cloudq.unavailable"  # marks a state we made up because the engine failed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def run(ctx: RunContext) -> RunResult:
     try:
         client = docker.from_env(timeout=API_TIMEOUT_S)
     except DockerException as exc:
-        raise RunnerError(f"no Docker engine on {ctx.worker_label}: {exc}") from None
+        raise WorkerFaultError(f"no Docker engine on {ctx.worker_label}: {exc}") from None
     try:
         image = ensure_image(client, ctx)
         if image is None:
@@ -58,8 +61,8 @@ def run(ctx: RunContext) -> RunResult:
         finally:
             _remove(container)
     except (DockerException, RequestException) as exc:
-        # The engine went away or answered nonsense mid-task: a task failure, not a crash.
-        raise RunnerError(f"Docker engine error on {ctx.worker_label}: {_explain(exc)}") from None
+        # The engine went away or answered nonsense mid-task: the worker's fault, not a crash.
+        raise WorkerFaultError(f"Docker engine error on {ctx.worker_label}: {_explain(exc)}") from None
     finally:
         client.close()
 
@@ -73,7 +76,7 @@ def ensure_image(client: docker.DockerClient, ctx: RunContext) -> Any | None:
         if not ctx.allow_pull:
             raise RunnerError(f"image {ref} is not present on {ctx.worker_label}") from None
     except APIError as exc:
-        raise RunnerError(f"image {ref} cannot be used: {_explain(exc)}") from None
+        raise engine_error(exc, f"image {ref} cannot be used") from None
     return _pull(client, ref, ctx)
 
 
@@ -142,7 +145,7 @@ def _create(client: docker.DockerClient, ctx: RunContext) -> Any:
     try:
         return client.containers.create(**container_options(ctx))
     except APIError as exc:
-        raise RunnerError(f"container could not be created: {_explain(exc)}") from None
+        raise engine_error(exc, "container could not be created") from None
 
 
 def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResult:
@@ -155,14 +158,17 @@ def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResu
         except APIError as exc:
             task_log.write(f"cloudq: container could not start: {_explain(exc)}\n".encode())
             return finished(ctx, RunStatus.FAILED, _exit_code(container), started,
-                             f"container could not start: {_explain(exc)}", output)  # fmt: skip
+                             f"container could not start: {_explain(exc)}", output,
+                             api_fault(exc))  # fmt: skip
         logs = threading.Thread(target=_copy_logs, args=(container, task_log), daemon=True)
         logs.start()
         stopped = _wait(ctx, container, started)
         logs.join(LOG_JOIN_S)
     state = _state(container)
     status, error = _judge(ctx, stopped, state)
-    return finished(ctx, status, state.get("ExitCode"), started, error, output)
+    # Without a state the engine failed us, whatever the container did.
+    fault = Fault.WORKER if STATE_UNAVAILABLE in state else None
+    return finished(ctx, status, state.get("ExitCode"), started, error, output, fault)
 
 
 def _wait(ctx: RunContext, container: Any, started: float) -> RunStatus | None:
@@ -225,7 +231,7 @@ def _state(container: Any) -> dict[str, Any]:
     try:
         container.reload()
     except (APIError, NotFound) as exc:
-        return {"Error": f"container state unavailable: {_explain(exc)}"}
+        return {"Error": f"container state unavailable: {_explain(exc)}", STATE_UNAVAILABLE: True}
     return dict(container.attrs.get("State") or {})
 
 
@@ -250,6 +256,17 @@ def _remove(container: Any) -> None:
         except Exception as exc:  # APIError, or the engine connection failing
             if attempt == 2:
                 log.error("container %s was not removed: %s", container.id[:12], exc)
+
+
+def api_fault(exc: APIError) -> Fault:
+    """The engine refusing what the task asked (4xx: a bad command, a bad path) is the task's
+    fault; the engine failing (5xx: no GPU driver, no disk, a runtime error) is the worker's."""
+    return Fault.TASK if exc.is_client_error() else Fault.WORKER
+
+
+def engine_error(exc: APIError, what: str) -> RunnerError:
+    kind = RunnerError if api_fault(exc) == Fault.TASK else WorkerFaultError
+    return kind(f"{what}: {_explain(exc)}")
 
 
 def _explain(exc: BaseException) -> str:

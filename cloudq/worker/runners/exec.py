@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from cloudq.errors import RunnerError
-from cloudq.worker.runners.base import RunContext, RunResult, RunStatus, open_log, refused, tail_log
+from cloudq.worker.runners.base import (
+    RunContext,
+    RunResult,
+    RunStatus,
+    fault_of,
+    open_log,
+    refused_by,
+    tail_log,
+)
 from cloudq.worker.runners.paths import task_subdir
 from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
 
@@ -25,7 +33,7 @@ def run(ctx: RunContext) -> RunResult:
     try:
         cwd = task_subdir(ctx.work_dir, spec["cwd"])
     except RunnerError as exc:
-        return refused(started, str(exc))
+        return refused_by(started, exc)
     with open_log(ctx) as log:
         try:
             proc = start(spec["argv"], cwd=cwd, env=task_env(ctx), stdout=log, stderr=log)
@@ -65,7 +73,8 @@ def task_env(ctx: RunContext) -> dict[str, str]:
 def _not_started(
     ctx: RunContext, started: float, program: str, exc: OSError, log: Any
 ) -> RunResult:
-    # 127 / 126 as a shell would say: not found / found but not runnable.
+    # 127 / 126 as a shell would say: not found / found but not runnable. The task named the
+    # program, so it is the task's fault, unless the machine could not start a process at all.
     code = 127 if exc.errno == errno.ENOENT else 126
     message = f"cannot run {program!r}: {exc.strerror or exc}"
     log.write(f"cloudq: {message}\n".encode())
@@ -75,4 +84,5 @@ def _not_started(
         duration_s=time.monotonic() - started,
         error=message,
         log_tail=tail_log(Path(ctx.work_dir)),
+        fault=fault_of(exc),
     )

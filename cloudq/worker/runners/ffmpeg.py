@@ -22,9 +22,10 @@ from cloudq.worker.runners.base import (
     RunContext,
     RunResult,
     RunStatus,
+    WorkerFaultError,
     finished,
     open_log,
-    refused,
+    refused_by,
     tail_log,
 )
 from cloudq.worker.runners.capabilities import ffmpeg_encoders
@@ -55,7 +56,7 @@ def run(ctx: RunContext) -> RunResult:
                   output, input_fd)  # fmt: skip
         return _encode(ctx, job, total_s, started)
     except RunnerError as exc:
-        return refused(started, str(exc))
+        return refused_by(started, exc)
     finally:
         if input_fd is not None:
             os.close(input_fd)
@@ -65,7 +66,7 @@ def choose_encoder(scenario: Scenario, ctx: RunContext) -> str:
     """The first encoder of the scenario's codec that this worker's FFmpeg has."""
     available = ffmpeg_encoders()
     if available is None:
-        raise RunnerError(f"ffmpeg and ffprobe are not installed on {ctx.worker_label}")
+        raise WorkerFaultError(f"ffmpeg and ffprobe are not installed on {ctx.worker_label}")
     codec = scenario.codec
     if codec.gpu and not ctx.gpu_indices:
         raise RunnerError(f"{scenario.name} needs a GPU, and none was assigned to this task")
@@ -73,7 +74,8 @@ def choose_encoder(scenario: Scenario, ctx: RunContext) -> str:
         if encoder in available:
             return encoder
     names = " or ".join(codec.encoders)
-    raise RunnerError(f"encoder {names} is not available on {ctx.worker_label}")
+    # The master placed it here because this worker said it had the encoder.
+    raise WorkerFaultError(f"encoder {names} is not available on {ctx.worker_label}")
 
 
 def _encode_length(input_fd: int, limit_s: float | None) -> float | None:
@@ -100,7 +102,7 @@ def _encode(ctx: RunContext, job: Job, total_s: float | None, started: float) ->
             proc = start(build_argv(job), cwd=ctx.work_dir, env=_env(ctx, job),
                          stdout=subprocess.PIPE, stderr=log, pass_fds=pass_fds)  # fmt: skip
         except OSError as exc:
-            raise RunnerError(f"ffmpeg could not start: {exc.strerror or exc}") from None
+            raise WorkerFaultError(f"ffmpeg could not start: {exc.strerror or exc}") from None
     assert proc.stdout is not None
     reader = threading.Thread(target=parser.feed_lines, args=(proc.stdout,), daemon=True)
     reader.start()

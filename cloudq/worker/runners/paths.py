@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from cloudq.errors import RunnerError
+from cloudq.worker.runners.base import Fault, WorkerFaultError, fault_of
 
 
 def inside(path: str | Path, root: str | Path) -> bool:
@@ -22,16 +23,17 @@ def inside(path: str | Path, root: str | Path) -> bool:
 def check_work_dir(work_dir: Path) -> Path:
     """The task directory, resolved; refused if it is a symlink or not a directory.
 
-    The caller creates it; a symlink in its place could send the task's output anywhere.
+    The caller (the worker) creates it, so a problem with it is the worker's fault; a symlink
+    in its place could send the task's output anywhere.
     """
     try:
         st = os.lstat(work_dir)
     except OSError as exc:
-        raise RunnerError(f"task directory {work_dir} is not usable: {exc.strerror}") from None
+        raise WorkerFaultError(f"task directory {work_dir} is not usable: {exc.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
-        raise RunnerError(f"task directory {work_dir} is a symlink; refusing to write through it")
+        raise WorkerFaultError(f"task directory {work_dir} is a symlink; refusing to write through it")
     if not stat.S_ISDIR(st.st_mode):
-        raise RunnerError(f"task directory {work_dir} is not a directory")
+        raise WorkerFaultError(f"task directory {work_dir} is not a directory")
     return Path(os.path.realpath(work_dir))
 
 
@@ -47,7 +49,8 @@ def task_subdir(work_dir: Path, relative: str | None) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunnerError(f"cannot create working directory {relative!r}: {exc.strerror}") from None
+        message = f"cannot create working directory {relative!r}: {exc.strerror}"
+        raise (WorkerFaultError if fault_of(exc) == Fault.WORKER else RunnerError)(message) from None
     real = os.path.realpath(target)
     if not inside(real, root) or not os.path.isdir(real):
         raise RunnerError(f"working directory {relative!r} resolves outside the task directory")
