@@ -48,6 +48,18 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quarantine-after", type=int, default=defaults.QUARANTINE_AFTER)
     p.add_argument("--keep-finished", type=float, default=defaults.KEEP_FINISHED_S,
                    help="seconds a finished task is kept before it is forgotten (0: forever)")
+    p.add_argument("--max-connections", type=int, default=defaults.MAX_CONNECTIONS,
+                   help="RPC connections in total (the last few kept for operators)")
+    p.add_argument("--max-connections-per-peer", type=int, default=defaults.MAX_CONNECTIONS_PER_PEER,
+                   help="RPC connections one certificate may hold")
+    p.add_argument("--idle-timeout", type=float, default=defaults.IDLE_TIMEOUT_S,
+                   help="seconds an RPC connection may send nothing before it is closed")
+    p.add_argument("--max-workers", type=int, default=defaults.MAX_WORKERS,
+                   help="registered workers at most (the longest offline are forgotten first)")
+    p.add_argument("--forget-offline", type=float, default=defaults.FORGET_OFFLINE_S,
+                   help="seconds an offline worker with no tasks is kept in `workers` (0: forever)")
+    p.add_argument("--start-deadline", type=float, default=defaults.START_DEADLINE_S,
+                   help="seconds an assigned task may wait for its worker to start it")
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,11 +147,22 @@ def _master(args: argparse.Namespace) -> int:
         processor_interval_s=args.interval, lease_s=args.lease, heartbeat_s=args.heartbeat,
         max_queued=args.max_queued, strategy=args.strategy, aging_s=args.aging,
         quarantine_after=args.quarantine_after, keep_finished_s=args.keep_finished,
+        max_workers=args.max_workers, forget_offline_s=args.forget_offline,
+        start_deadline_s=args.start_deadline,
     )
+    for flag, value in (("--max-connections", args.max_connections),
+                        ("--max-connections-per-peer", args.max_connections_per_peer),
+                        ("--max-workers", args.max_workers)):
+        if value < 1:
+            raise CloudqError(f"{flag} must be at least 1")
+    if args.max_connections <= defaults.ADMIN_RESERVED_CONNECTIONS:
+        raise CloudqError(f"--max-connections must be over the {defaults.ADMIN_RESERVED_CONNECTIONS} "
+                          f"connections kept for operators")
     return run_master(MasterOptions(
         bind=args.bind, port=args.port, data_dir=args.data_dir, config=config,
         metrics_port=args.metrics_port, local_workers=args.local_workers, shell=not args.no_shell,
-        tls_dir=args.tls_dir, insecure=args.insecure,
+        tls_dir=args.tls_dir, insecure=args.insecure, max_connections=args.max_connections,
+        max_connections_per_peer=args.max_connections_per_peer, idle_timeout_s=args.idle_timeout,
         worker_args=tuple(shlex.split(args.local_worker_args)),
     ))
 

@@ -10,8 +10,12 @@ MAX_CONNECTIONS = 512  # authenticated connections in total; beyond twice this, 
 MAX_CONNECTIONS_PER_PEER = 8  # connections one certificate (a worker) may hold at once
 ADMIN_RESERVED_CONNECTIONS = 8  # of MAX_CONNECTIONS, kept for operators (admin certificate)
 IDLE_TIMEOUT_S = 300.0  # a connection that sends nothing this long is closed
+HTTP_MAX_CONNECTIONS = 32  # open connections to the metrics port; more get 503 and are closed
+HTTP_IDLE_TIMEOUT_S = 10.0  # a metrics connection silent this long is closed
 SYNC_REQUEST_TIMEOUT_S = 30.0  # an RPC call that takes longer fails instead of hanging
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that does not finish TLS + RPyC setup by then is dropped
+
+MAX_DESCRIPTORS = 65_536  # the master raises its soft descriptor limit toward this at start
 
 # --- master ---------------------------------------------------------------------------------
 DATA_DIR = "data"  # where the journal and checkpoints live (relative to the working dir)
@@ -25,6 +29,10 @@ CHECKPOINT_INTERVAL_S = 300.0  # ...or this long, whichever comes first
 GC_THRESHOLDS = (50_000, 20, 100)  # the master's cycle collector (see master/app.py)
 CHECKPOINT_GROWTH = 1.0  # ...but with many records kept, not before as many changes as records
 KEEP_FINISHED_S = 7 * 24 * 3600.0  # finished tasks are forgotten this long after they end; 0 = never
+MAX_WORKERS = 4096  # registered workers at most; a new one first displaces the longest offline
+FORGET_OFFLINE_S = 24 * 3600.0  # an offline worker holding no task is forgotten after this; 0 = never
+MAX_WORKERS_PER_CONNECTION = 4  # distinct worker names one connection may register
+START_DEADLINE_S = 60.0  # an assigned task its worker has not started by then goes back to the queue
 QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is quarantined
 
 # --- workers and leases --------------------------------------------------------------------

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from cloudq.web import serve_http
 
 
 class MasterCollector(Collector):
@@ -36,5 +38,4 @@ def serve_metrics(master: Any, host: str, port: int) -> Any:
     passes = Histogram("cloudq_placement_pass_seconds", "Time of one placement pass",
                        registry=registry, buckets=(0.0001, 0.0005, 0.001, 0.005, 0.02, 0.1, 0.5))
     master.hooks.on_placement_pass.append(lambda seconds, placed: passes.observe(seconds))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    return serve_http(make_wsgi_app(registry), host, port)

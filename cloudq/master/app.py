@@ -3,9 +3,12 @@ workers, then either opens the `master>` shell or runs as a service until SIGTER
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from cloudq.master.core import Master, MasterConfig
 from cloudq.master.journal import StoreJournal
 from cloudq.master.processor import Processor
 from cloudq.master.service import make_service
-from cloudq.rpc.server import start_server
+from cloudq.rpc.server import ConnectionSlots, start_server
 from cloudq.store import Store
 
 log = logging.getLogger("cloudq.master")
@@ -35,12 +38,17 @@ class MasterOptions:
     shell: bool = True
     tls_dir: Path | None = None
     insecure: bool = False
+    max_connections: int = defaults.MAX_CONNECTIONS
+    max_connections_per_peer: int = defaults.MAX_CONNECTIONS_PER_PEER
+    idle_timeout_s: float = defaults.IDLE_TIMEOUT_S
     worker_args: tuple[str, ...] = ()  # passed on to local workers
 
 
 class MasterProcess:
     def __init__(self, options: MasterOptions) -> None:
         self.options = options
+        _raise_descriptor_limit()
+        _return_large_frees()
         self.store = Store(options.data_dir, event_retention=options.config.event_retention,
                            checkpoint_every=defaults.CHECKPOINT_EVERY,
                            checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
@@ -50,8 +58,9 @@ class MasterProcess:
         self.master.restore(state.records.values(), state.events, state.meta)
         del state
         _tune_gc()
+        slots = ConnectionSlots(options.max_connections, options.max_connections_per_peer)
         self.server = start_server(make_service(self.master), options.bind, options.port,
-                                   options.tls_dir, options.insecure)
+                                   options.tls_dir, options.insecure, slots, options.idle_timeout_s)
         self.address = f"{options.bind}:{self.server.port}"
         self.processor = Processor(self.master, options.config.processor_interval_s).start()
         self.metrics = None
@@ -74,7 +83,9 @@ class MasterProcess:
             argv += ["--tls-dir", str(self.options.tls_dir)]
         log_path = self.options.data_dir / f"worker-{index}.log"
         with open(log_path, "ab") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # A session of their own: Ctrl-C at the master's terminal is not theirs to get.
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
 
     def serve_forever(self) -> None:
         """Service mode: until SIGTERM or SIGINT."""
@@ -101,6 +112,33 @@ class MasterProcess:
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _raise_descriptor_limit() -> None:
+    """Every worker holds two connections and every scrape one: the usual soft limit of 1,024
+    descriptors is too few for a few hundred workers, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = defaults.MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, defaults.MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, wanted, err)
+
+
+def _return_large_frees() -> None:
+    """glibc raises its mmap threshold after a large block is freed, so the next large frames
+    come from the heap and their memory is never given back. A fixed threshold keeps every
+    block over 1 MiB in its own mapping, returned to the system as soon as it is freed."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+_M_MMAP_THRESHOLD = -3  # from malloc.h
 
 
 def _tune_gc() -> None:

@@ -49,6 +49,9 @@ class MasterConfig:
     quarantine_after: int = defaults.QUARANTINE_AFTER
     event_retention: int = defaults.EVENT_RETENTION
     keep_finished_s: float = defaults.KEEP_FINISHED_S
+    max_workers: int = defaults.MAX_WORKERS
+    forget_offline_s: float = defaults.FORGET_OFFLINE_S
+    start_deadline_s: float = defaults.START_DEADLINE_S
 
 
 @dataclass

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -232,7 +233,11 @@ class BoundedServer(ThreadedServer):
         except (EOFError, OSError):
             pass
         finally:
-            conn.close()
+            # The channel first: rpyc's own close would send a goodbye and wait up to the
+            # request timeout for a peer that may never answer.
+            channel.close()
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -246,7 +251,7 @@ def is_loopback(host: str) -> bool:
 
 def start_server(
     service: rpyc.Service, host: str, port: int, tls_dir: Path | None, insecure: bool,
-    slots: ConnectionSlots | None = None,
+    slots: ConnectionSlots | None = None, idle_timeout_s: float = defaults.IDLE_TIMEOUT_S,
 ) -> BoundedServer:
     """Binds and starts serving in a background thread. Off loopback, TLS or --insecure."""
     if tls_dir is None and not is_loopback(host) and not insecure:
@@ -258,6 +263,7 @@ def start_server(
     server = BoundedServer(
         service, hostname=host, port=port, authenticator=Authenticator(context),
         protocol_config=dict(PROTOCOL_CONFIG), listener_timeout=0.5, logger=log, slots=slots,
+        idle_timeout_s=idle_timeout_s,
     )
     server._listen()  # listening before we return, so the port is known and close() is safe
     thread = threading.Thread(target=server.start, name="rpc-server", daemon=True)

@@ -19,8 +19,9 @@ class Cluster:
         self.procs: list[Proc] = []
         self.master: MasterProc | None = None
 
-    def start_master(self, *extra: str, port: int = 0, data: str = "data") -> MasterProc:
-        self.master = MasterProc(self.tmp / data, *FAST, *extra, port=port)
+    def start_master(self, *extra: str, port: int = 0, data: str = "data",
+                     prefix: tuple[str, ...] = ()) -> MasterProc:
+        self.master = MasterProc(self.tmp / data, *FAST, *extra, port=port, prefix=prefix)
         self.procs.append(self.master)
         return self.master
 

@@ -104,8 +104,10 @@ class Proc:
 
 
 class MasterProc(Proc):
-    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None):
-        argv = [sys.executable, "-m", "cloudq", "master", "--no-shell", "--port", str(port),
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()):
+        """`prefix` runs the master under another command, e.g. ("prlimit", "--nofile=256")."""
+        argv = [*prefix, sys.executable, "-m", "cloudq", "master", "--no-shell", "--port", str(port),
                 "--data-dir", str(data_dir), *extra]
         super().__init__(argv, env)
         match = self.wait_for_line(_LISTENING, timeout=30)
