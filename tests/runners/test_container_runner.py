@@ -142,3 +142,24 @@ def test_gpu_request_on_a_host_without_gpus_fails_cleanly(run_container):
     _, result = run_container(["true"], gpu_indices=[0])
     assert result.status == RunStatus.FAILED
     assert "container could not start" in result.error
+
+
+LOG_MB = 100
+
+
+def test_a_loud_container_keeps_the_end_of_its_log(run_container):
+    # Writes LOG_MB MiB of 1 KiB lines, then one last line: the log must end with that line,
+    # so the copy of the engine's stream must be complete before task.log is closed.
+    line = "x" * 1023
+    script = (f"yes {line} | head -c {LOG_MB * 1024 * 1024}; echo END-OF-OUTPUT")
+    ctx, result = run_container(["sh", "-c", script])
+    assert result.status == RunStatus.COMPLETED, result.error
+    log = ctx.work_dir / "task.log"
+    size = log.stat().st_size
+    with open(log, "rb") as f:
+        f.seek(size - 100)
+        last = f.read().splitlines()[-1]
+    print(f"\ntask.log {size / 2**20:.1f} MiB in {result.duration_s:.1f} s; last line {last[:40]!r}")
+    assert last == b"END-OF-OUTPUT"
+    assert size == LOG_MB * 1024 * 1024 + len(b"END-OF-OUTPUT\n")
+    assert result.log_tail.endswith("END-OF-OUTPUT\n")

@@ -4,7 +4,8 @@ Limits come from the task's resources (nano_cpus, mem_limit = memswap_limit, pid
 only through device_requests, no network unless the spec asks, no privileges, every capability
 dropped, no-new-privileges. A missing image fails at once unless pulling is allowed: the engine
 would otherwise try a pull that, without network, is a slow error. Logs stream into task.log
-while the container runs; the container is removed afterwards whatever happened.
+while the container runs, and the log is closed only once the copy has everything the engine
+sends (LogCopy); the container is removed afterwards whatever happened.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ TASK_LABEL = "cloudq.task"
 PIDS_LIMIT = 512  # enough for real work, too few for a fork bomb to hurt the host
 API_TIMEOUT_S = 30
 LOG_JOIN_S = 5.0
+LOG_STALL_S = 5.0  # after the exit, the copy may take as long as it likes while bytes flow
 MIB = 1024**2
 STATE_UNAVAILABLE = "cloudq.unavailable"  # marks a state we made up because the engine failed
 
@@ -160,10 +162,9 @@ def _run(ctx: RunContext, container: Any, image: Any, started: float) -> RunResu
             return finished(ctx, RunStatus.FAILED, _exit_code(container), started,
                              f"container could not start: {_explain(exc)}", output,
                              api_fault(exc))  # fmt: skip
-        logs = threading.Thread(target=_copy_logs, args=(container, task_log), daemon=True)
-        logs.start()
+        copy = LogCopy(container, task_log)
         stopped = _wait(ctx, container, started)
-        logs.join(LOG_JOIN_S)
+        copy.finish()  # before the file is closed: the end of a loud task's output comes last
     state = _state(container)
     status, error = _judge(ctx, stopped, state)
     # Without a state the engine failed us, whatever the container did.
@@ -219,12 +220,52 @@ def _judge(
     return RunStatus.FAILED, f"container exited with code {code}"
 
 
-def _copy_logs(container: Any, task_log: Any) -> None:
-    try:
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-            task_log.write(chunk)
-    except Exception as exc:  # the log is a convenience; losing it must not fail the task
-        log.warning("log stream of container %s ended: %s", container.id[:12], exc)
+class LogCopy:
+    """Copies the container's output stream into task.log on a thread of its own.
+
+    The engine keeps sending after the container has exited (a loud task leaves hundreds of
+    MiB in its log driver), so finish() waits for the copy for as long as bytes keep coming,
+    and ends it only when the stream stalls. Writes and the end are serialised by a lock, so
+    once finish() returns nothing writes to the file any more and the caller may close it.
+    """
+
+    def __init__(self, container: Any, task_log: Any) -> None:
+        self.container = container
+        self.task_log = task_log
+        self.copied = 0
+        self._lock = threading.Lock()
+        self._ended = False
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._copy, name=f"logs-{container.id[:12]}",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            self._stream = self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
+            for chunk in self._stream:
+                with self._lock:
+                    if self._ended:
+                        return
+                    self.task_log.write(chunk)
+                    self.copied += len(chunk)
+        except Exception as exc:  # the log is a convenience; losing it must not fail the task
+            if not self._ended:
+                log.warning("log stream of container %s ended: %s", self.container.id[:12], exc)
+
+    def finish(self) -> None:
+        """Returns once the copy has ended: the stream's end, or LOG_STALL_S without a byte."""
+        seen = -1
+        while self._thread.is_alive() and self.copied != seen:
+            seen = self.copied
+            self._thread.join(LOG_STALL_S)
+        with self._lock:
+            self._ended = True  # from here on the copier writes nothing
+        if self._thread.is_alive():
+            log.warning("log stream of container %s stalled; %d bytes copied",
+                        self.container.id[:12], self.copied)
+            with contextlib.suppress(Exception):
+                self._stream.close()  # unblocks its read
 
 
 def _state(container: Any) -> dict[str, Any]:
