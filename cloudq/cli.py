@@ -75,6 +75,9 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pull", action="store_true", help="pull missing container images")
     p.add_argument("--input-root", action="append", type=Path, default=[],
                    help="directory FFmpeg inputs may be read from (repeatable)")
+    p.add_argument("--container-mem-default", type=float, default=None, metavar="GB",
+                   help="memory limit of a container whose task asks for none "
+                        "(default: offered memory / max tasks)")
 
 
 def _certs_parser(sub: argparse._SubParsersAction) -> None:
@@ -177,11 +180,14 @@ def _worker(args: argparse.Namespace) -> int:
     name = check_name("worker name", args.name or socket.gethostname())
     if args.max_tasks < 1:
         raise CloudqError("--max-tasks must be at least 1")
+    if args.container_mem_default is not None and not args.container_mem_default > 0:
+        raise CloudqError("--container-mem-default must be a number of GB above 0")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
     return run_worker(WorkerOptions(
         master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
         cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
         allow_pull=args.allow_pull, input_roots=tuple(args.input_root),
+        container_mem_default_gb=args.container_mem_default,
     ))
 
 

@@ -46,6 +46,7 @@ from cloudq.worker.runners.base import one_line
 log = logging.getLogger("cloudq.worker")
 
 LEASE_SAFETY = 0.8  # a cut-off worker stops its tasks at this fraction of the lease
+MIN_CONTAINER_MEM = 64 * 1024**2  # a smaller default limit would only fail containers
 # Errors after which the worker registers again: the connection is gone, or the master no
 # longer knows our session. Any other error is answered by waiting and asking again.
 LOST_MASTER = (ConnectionError, EOFError, OSError, NotFoundError)
@@ -64,6 +65,7 @@ class WorkerOptions:
     allow_pull: bool = False
     input_roots: tuple[Path, ...] = ()
     keep_task_dirs: bool = False
+    container_mem_default_gb: float | None = None  # default: offered memory / max_tasks
 
 
 @dataclass
@@ -103,6 +105,7 @@ class WorkerAgent:
         self._pool = ThreadPoolExecutor(max_workers=options.max_tasks * 2, thread_name_prefix="task")
         options.work_dir.mkdir(parents=True, exist_ok=True)
         self.facts = self._facts()
+        self.container_mem_default = container_mem_default(options, self.facts["mem_gb"])
 
     # ------------------------------------------------------------------ registration
     def _facts(self) -> dict[str, Any]:
@@ -364,7 +367,7 @@ class WorkerAgent:
             timeout_s=assignment.get("timeout_s"), cancel=entry.cancel, on_progress=progress,
             gpu_indices=list(assignment.get("gpu_indices") or []),
             input_roots=list(self.options.input_roots), allow_pull=self.options.allow_pull,
-            worker_name=self.name,
+            worker_name=self.name, container_mem_default=self.container_mem_default,
         )
         try:
             result = run_task(ctx).to_dict()
@@ -409,6 +412,13 @@ def run_worker(options: WorkerOptions) -> int:
     finally:
         agent.close()
     return 0
+
+
+def container_mem_default(options: WorkerOptions, offered_gb: float) -> int:
+    """Bytes of memory a container gets when its task asked for none: the flag, else an equal
+    share of the memory this worker offers among the tasks it may run at once."""
+    gb = options.container_mem_default_gb or float(offered_gb) / max(options.max_tasks, 1)
+    return max(int(gb * 1024**3), MIN_CONTAINER_MEM)
 
 
 def failed_result(started: float, error: str) -> dict[str, Any]:

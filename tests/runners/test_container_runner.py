@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from cloudq.worker.runners import RunStatus, run_task
+from cloudq.worker.agent import WorkerOptions, container_mem_default
+from cloudq.worker.runners import Fault, RunStatus, run_task
 
 from .conftest import BUSYBOX, Background, task_containers
 
@@ -163,3 +165,46 @@ def test_a_loud_container_keeps_the_end_of_its_log(run_container):
     assert last == b"END-OF-OUTPUT"
     assert size == LOG_MB * 1024 * 1024 + len(b"END-OF-OUTPUT\n")
     assert result.log_tail.endswith("END-OF-OUTPUT\n")
+
+
+NO_MEMORY_ASKED = {"cpu_cores": 1.0, "mem_gb": 0.0, "gpus": 0}
+
+
+def test_a_task_asking_no_memory_gets_the_workers_default_limit(make_ctx, docker_client):
+    limit = 48 * 2**20
+    ctx = make_ctx("container", {"image": BUSYBOX, "command": ["sleep", "300"]},
+                   resources=NO_MEMORY_ASKED, container_mem_default=limit, timeout_s=None)
+    # The engine's own word on the container it runs: its start event, then its HostConfig.
+    now = int(time.time())
+    events = docker_client.events(decode=True, since=now - 1, until=now + 60,  # ends by itself
+                                  filters={"label": f"cloudq.task={ctx.task_id}", "event": "start"})
+    task = Background(ctx).start()
+    try:
+        started = next(iter(events), None)
+    finally:
+        events.close()
+    assert started is not None, "the container did not start within 60 s"
+    host_config = docker_client.containers.get(started["id"]).attrs["HostConfig"]
+    result, _ = task.cancel_and_wait(5)
+    assert result.status == RunStatus.CANCELLED
+    print(f"\nHostConfig.Memory {host_config['Memory']} MemorySwap {host_config['MemorySwap']}")
+    assert host_config["Memory"] == host_config["MemorySwap"] == limit
+    assert task_containers(docker_client, ctx.task_id) == []
+
+
+def test_the_default_limit_is_enforced_and_is_the_tasks_fault(run_container):
+    _, result = run_container(["sh", "-c", "tail /dev/zero"], resources=NO_MEMORY_ASKED,
+                              container_mem_default=32 * 2**20)  # fmt: skip
+    assert result.status == RunStatus.FAILED
+    assert result.exit_code == 137
+    assert "memory limit exceeded (32 MiB)" in result.error
+    assert result.fault == Fault.TASK
+    print(f"\nOOM-killed at the 32 MiB default after {result.duration_s:.2f} s")
+
+
+def test_the_worker_default_is_its_memory_shared_among_its_tasks(tmp_path):
+    shared = container_mem_default(WorkerOptions(master="m", max_tasks=4), offered_gb=8.0)
+    assert shared == 2 * 2**30
+    flagged = WorkerOptions(master="m", max_tasks=4, container_mem_default_gb=0.5)
+    assert container_mem_default(flagged, offered_gb=8.0) == 2**29
+    assert container_mem_default(WorkerOptions(master="m", max_tasks=512), 1.0) == 64 * 2**20

@@ -79,6 +79,9 @@ class RunContext:
     input_roots: list[Path] = field(default_factory=list)  # where ffmpeg inputs may come from
     allow_pull: bool = False
     worker_name: str = ""
+    # Memory limit of a container whose task asked for no memory (the worker's memory over its
+    # max_tasks, or --container-mem-default); None: the machine's memory.
+    container_mem_default: int | None = None
 
     @property
     def log_path(self) -> Path:

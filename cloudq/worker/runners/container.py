@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -129,18 +130,23 @@ def container_options(ctx: RunContext) -> dict[str, Any]:
     if cpu > 0:
         options["nano_cpus"] = int(cpu * 1e9)
     mem = memory_limit(ctx)
-    if mem:
-        options["mem_limit"] = mem
-        options["memswap_limit"] = mem  # the same: no swap beyond the limit
+    options["mem_limit"] = mem
+    options["memswap_limit"] = mem  # the same: no swap beyond the limit
     if ctx.gpu_indices:
         ids = [str(i) for i in ctx.gpu_indices]
         options["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
     return options
 
 
-def memory_limit(ctx: RunContext) -> int | None:
+def memory_limit(ctx: RunContext) -> int:
+    """Every container has one: the task's mem_gb, else the worker's default share. Without a
+    limit one container could take the machine's memory from every other task on it."""
     mem_gb = float(ctx.resources.get("mem_gb") or 0)
-    return int(mem_gb * 1024**3) if mem_gb > 0 else None
+    if mem_gb > 0:
+        return int(mem_gb * 1024**3)
+    if ctx.container_mem_default:
+        return ctx.container_mem_default
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _create(client: docker.DockerClient, ctx: RunContext) -> Any:
@@ -209,8 +215,7 @@ def _judge(
         return stopped, f"timed out after {ctx.timeout_s:g} s: the container was killed"
     limit = memory_limit(ctx)
     if state.get("OOMKilled"):
-        shown = f" ({limit // MIB} MiB)" if limit else ""
-        return RunStatus.FAILED, f"memory limit exceeded{shown}: the container was OOM-killed"
+        return RunStatus.FAILED, f"memory limit exceeded ({limit // MIB} MiB): the container was OOM-killed"
     if code == 0:
         return RunStatus.COMPLETED, None
     if code == 137:
