@@ -71,6 +71,7 @@ class Master(Delivery, Views):
             if not (record.quarantined or record.draining):
                 raise ValidationError(f"worker {name} is neither quarantined nor draining")
             record.quarantined = record.draining = False
+            record.quarantine_reason = ""
             self._flags_changed()
             record.consecutive_failures = 0
             self._place(now)

@@ -3,15 +3,20 @@ outcomes (report), and the deadlines that guard them: leases, back-offs, run tim
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from cloudq import defaults
+from cloudq.errors import LimitError, ValidationError
 from cloudq.ledger import Ledger
+from cloudq.master.reports import Report, parse_report
 from cloudq.master.state import MasterState
-from cloudq.master.workers import WorkerRecord, parse_registration
+from cloudq.master.workers import WorkerRecord, parse_registration, parse_sample
 from cloudq.model import Task, TaskState
 from cloudq.transitions import Event
+
+log = logging.getLogger("cloudq.master")
 
 S = TaskState
 
@@ -23,10 +28,12 @@ class Delivery(MasterState):
         are its current attempt; the rest it is told to stop."""
         info = parse_registration(raw)
         with self._change() as now:
+            if info["name"] not in self.workers:
+                self._make_room_for_a_worker(now)
             record = self._worker(info["name"])
             old_bookings = record.ledger.bookings
             record.host = info["host"]
-            record.facts = raw if isinstance(raw, dict) else {}
+            record.facts = info["facts"]
             record.ledger = Ledger(
                 info["name"], info["cpu_cores"], info["mem_gb"], info["storage_gb"],
                 info["gpu_mem_gb"], info["max_tasks"], info["labels"], info["capabilities"],
@@ -65,12 +72,35 @@ class Delivery(MasterState):
                 self._release(task)
         return stop
 
+    def _make_room_for_a_worker(self, now: float) -> None:
+        """At the cap, a new worker displaces the one offline longest (never one that holds a
+        task or an operator's flag); with none to displace, it is refused."""
+        if len(self.workers) < self.config.max_workers:
+            return
+        idle = [w for w in self.workers.values() if _forgettable(w)]
+        if not idle:
+            raise LimitError(f"worker limit reached: {len(self.workers)} workers are registered "
+                             f"(--max-workers {self.config.max_workers})")
+        self._forget_worker(min(idle, key=lambda w: w.last_seen))
+
+    def _forget_worker(self, record: WorkerRecord) -> None:
+        del self.workers[record.name]
+        self._wakeups.pop(record.name, None)
+
+    def _forget_offline(self, now: float) -> None:
+        keep = self.config.forget_offline_s
+        if keep <= 0:
+            return
+        for record in [w for w in self.workers.values() if _forgettable(w)]:
+            if now - record.last_seen > keep:
+                self._forget_worker(record)
+
     def heartbeat(self, name: str, sample: Any) -> None:
+        sample = parse_sample(sample)
         with self._lock:
             record = self._connected(name)
             record.last_seen = self.clock()
-            if isinstance(sample, dict):
-                record.sample = sample
+            record.sample = sample
 
     def fetch(
         self, name: str, session: int, wait_s: float, reports: list[Any] = ()
@@ -105,44 +135,46 @@ class Delivery(MasterState):
         """Progress and outcomes from a worker, with its live sample if it sent one. Returns the
         ids whose report was refused (stale attempt, or not this worker's task): the worker
         drops those."""
+        checked, refused = _checked(name, reports, self.clock())
+        if sample is not None:
+            sample = parse_sample(sample)
         with self._change() as now:
             record = self._connected(name, session)
             record.last_seen = now
-            if isinstance(sample, dict):
+            if sample is not None:
                 record.sample = sample
-            refused = [r.get("task", "?") for r in reports if not self._apply_report(record, r, now)]
+            refused += [r.task for r in checked if not self._apply_report(record, r, now)]
             self._place(now)
         return refused
 
-    def _apply_report(self, record: WorkerRecord, report: dict[str, Any], now: float) -> bool:
-        task_id = report.get("task")
-        task = self.tasks.get(task_id) if isinstance(task_id, str) else None  # a list is unhashable
-        if task is None or task.worker != record.name or task.attempt != report.get("attempt"):
+    def _apply_report(self, record: WorkerRecord, report: Report, now: float) -> bool:
+        task = self.tasks.get(report.task)
+        if task is None or task.worker != record.name or task.attempt != report.attempt:
             return False
         if task.state is S.CANCELLED:  # the worker confirms it stopped: free what it held
-            if report.get("state") in _OUTCOMES:
+            if report.is_outcome:
                 self._release(task)
                 task.finished_at = now
-                task.result = report.get("result") if isinstance(report.get("result"), dict) else None
+                task.result = report.result or None
                 self.live_logs.pop(task.id, None)
                 self._dirty[task.id] = task
             return True
         if not task.state.is_active:
             return False
-        outcome = report.get("state")
-        if task.state is S.ASSIGNED and outcome in _STARTED:
-            task.started_at = report.get("started_at") or now
+        if task.state is S.ASSIGNED and report.state is not None:  # running, or already ended
+            task.started_at = report.started_at or now
             self._move(task, S.RUNNING, now, f"started on {record.name}")
-        if "progress" in report and isinstance(report["progress"], dict):
-            task.progress = report["progress"]
-        if "log_tail" in report and isinstance(report["log_tail"], str):
-            self.live_logs[task.id] = report["log_tail"][-_LOG_TAIL_CHARS:]
-        if outcome in _OUTCOMES:
-            self._finish(record, task, outcome, report.get("result") or {}, now)
+        if report.progress is not None:
+            task.progress = report.progress
+        if report.log_tail is not None:
+            self.live_logs[task.id] = report.log_tail
+        if report.is_outcome:
+            self._finish(record, task, report, now)
         return True
 
-    def _finish(self, record: WorkerRecord, task: Task, outcome: str, result: dict, now: float) -> None:
-        task.result = result if isinstance(result, dict) else {}
+    def _finish(self, record: WorkerRecord, task: Task, report: Report, now: float) -> None:
+        outcome, result = report.state, report.result or {}
+        task.result = result
         self.live_logs.pop(task.id, None)
         task.finished_at = now
         self._release(task)
@@ -150,14 +182,20 @@ class Delivery(MasterState):
             record.consecutive_failures = 0
             self._move(task, S.COMPLETED, now, f"completed on {record.name}")
             return
-        error = str(result.get("error") or outcome)[:2000]
+        error = str(result.get("error") or outcome)
         task.last_error = error
-        if outcome == "failed":  # a cancel or a timeout says nothing about the worker's health
-            record.consecutive_failures += 1
+        if report.worker_fault:  # the task's own failures say nothing about the worker
+            self._worker_failed(record, error)
+        self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
+
+    def _worker_failed(self, record: WorkerRecord, error: str) -> None:
+        """A failure of the worker itself; enough of them in a row quarantine it."""
+        record.consecutive_failures += 1
         if record.consecutive_failures >= self.config.quarantine_after and not record.quarantined:
             record.quarantined = True
+            record.quarantine_reason = (f"{record.consecutive_failures} worker failures in a row, "
+                                        f"the last: {error[:200]}")
             self._flags_changed()
-        self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
 
     # ------------------------------------------------------------------ processor
     def tick(self) -> None:
@@ -173,6 +211,7 @@ class Delivery(MasterState):
                     self._expiring.discard(task_id)
                     self._expire_queued(task, now)
             self._prune(now)
+            self._forget_offline(now)
             self._place(now, count_attempts=True)
 
     def timers(self) -> None:
@@ -183,20 +222,54 @@ class Delivery(MasterState):
             self._place(now)
 
     def _timers(self, now: float) -> None:
+        """Each item is handled on its own: one that fails is logged and skipped, and the
+        deadlines of every other task and worker are still kept."""
         for record in list(self.workers.values()):
             silent = now - record.last_seen > self.config.lease_s
             if silent and (record.connected or record.ledger.bookings):
-                self._expire(record, now)
+                self._guarded(self._expire, record, now)
         for task_id in list(self._retrying):
             task = self.tasks[task_id]
             if (task.not_before or 0) <= now:
-                self._move(task, S.QUEUED, now)
-                self._enqueue(task)
-        for record in self.workers.values():
+                self._guarded(self._requeue, task, now)
+        for record in list(self.workers.values()):
             for task_id in list(record.ledger.bookings):
                 task = self.tasks.get(task_id)
-                if task is not None and task.state is S.RUNNING and _overdue(task, now):
-                    self._time_out(task, now)
+                if task is not None and task_id not in self._timer_failed:
+                    self._guarded(self._deadlines, task, now)
+
+    def _guarded(self, action: Any, item: Any, now: float) -> None:
+        try:
+            action(item, now)
+        except Exception as err:  # noqa: BLE001 - one bad item must not stop the safety net
+            name = getattr(item, "id", None) or getattr(item, "name", "?")
+            log.exception("%s failed for %s; going on with the others", action.__name__, name)
+            if isinstance(item, Task):  # marked, and left out until an operator acts on it
+                item.last_error = f"internal error in {action.__name__}: {type(err).__name__}"[:200]
+                self._retrying.discard(item.id)
+                self._timer_failed.add(item.id)
+
+    def _deadlines(self, task: Task, now: float) -> None:
+        if task.state is S.RUNNING and _overdue(task, now):
+            self._time_out(task, now)
+        elif task.state is S.ASSIGNED and now - task.updated_at > self.config.start_deadline_s:
+            self._not_started(task, now)
+
+    def _requeue(self, task: Task, now: float) -> None:
+        self._move(task, S.QUEUED, now)
+        self._enqueue(task)
+
+    def _not_started(self, task: Task, now: float) -> None:
+        """Assigned, but its worker never said it started: a worker that takes work and sits
+        on it. The task goes back to the queue and the attempt counts against the worker."""
+        record = self.workers.get(task.worker or "")
+        self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+        why = f"{task.worker} did not start it within {self.config.start_deadline_s:g}s"
+        task.last_error = why
+        self._release(task)
+        if record is not None:
+            self._worker_failed(record, why)
+        self._retry_or_bury(task, now, why)
 
     def _expire_queued(self, task: Task, now: float) -> None:
         self.backlog.remove(task.id)
@@ -223,10 +296,22 @@ class Delivery(MasterState):
                 self._release(task)
 
 
-# Tuples, not sets: a hostile report's "state" may be unhashable, and `in` must not raise.
-_OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
-_STARTED = ("running", *_OUTCOMES)  # a report that shows the task has started
-_LOG_TAIL_CHARS = 8192
+def _checked(worker: str, reports: list[Any], now: float) -> tuple[list[Report], list[str]]:
+    """Reports that pass the boundary checks, and the ids of those refused (logged)."""
+    checked, refused = [], []
+    for raw in reports:
+        try:
+            checked.append(parse_report(raw, now))
+        except ValidationError as err:
+            log.warning("refused a report from %s: %s", worker, err)
+            task = raw.get("task") if isinstance(raw, dict) else None
+            refused.append(task if isinstance(task, str) and len(task) <= 64 else "?")
+    return checked, refused
+
+
+def _forgettable(record: WorkerRecord) -> bool:
+    """Offline, holding no task, and carrying no operator's decision."""
+    return not (record.connected or record.ledger.bookings or record.quarantined or record.draining)
 
 
 def _overdue(task: Task, now: float) -> bool:

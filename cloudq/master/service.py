@@ -10,11 +10,11 @@ from typing import Any
 
 import rpyc
 
-from cloudq import __version__
+from cloudq import __version__, defaults
 from cloudq.commands import Context, dispatch
-from cloudq.errors import AuthError, CloudqError, ValidationError
+from cloudq.errors import AuthError, CloudqError, LimitError, ValidationError
 from cloudq.master.core import Master
-from cloudq.rpc.protocol import decode_argument, failure, ok
+from cloudq.rpc.protocol import MAX_FRAME_BYTES, decode_argument, failure, ok
 from cloudq.rpc.server import Identity
 
 log = logging.getLogger("cloudq.master")
@@ -26,7 +26,11 @@ def endpoint(method: Callable[..., Any]) -> Callable[[Any, Any], str]:
     @functools.wraps(method)
     def wrapper(self: MasterService, raw: Any = "null") -> str:
         try:
-            return ok(method(self, decode_argument(raw)))
+            reply = ok(method(self, decode_argument(raw)))
+            if len(reply) > MAX_REPLY_CHARS:  # over the peer's frame limit: say so, don't drop
+                raise LimitError(f"the reply of {len(reply) >> 20} MiB is over the "
+                                 f"{MAX_REPLY_CHARS >> 20} MiB limit; ask for less (e.g. --limit)")
+            return reply
         except CloudqError as err:
             return failure(err)
         except Exception as err:  # noqa: BLE001 - a peer must never crash the master
@@ -47,9 +51,13 @@ def _field(payload: Any, key: str, kind: type) -> Any:
 
 def _reports(payload: dict[str, Any]) -> list[dict[str, Any]]:
     reports = payload.get("reports") or []
-    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
-        raise ValidationError("'reports' must be a list of objects")
+    if not isinstance(reports, list) or len(reports) > MAX_REPORTS:
+        raise ValidationError(f"'reports' must be a list of at most {MAX_REPORTS} reports")
     return reports
+
+
+MAX_REPORTS = 10_000  # one call's reports (a worker sends at most 1,000 and its running tasks)
+MAX_REPLY_CHARS = MAX_FRAME_BYTES - (1 << 20)  # room for the frame's own encoding
 
 
 class MasterService(rpyc.Service):
@@ -58,6 +66,7 @@ class MasterService(rpyc.Service):
     def __init__(self, master: Master) -> None:
         self.master = master
         self.identity = Identity(None)
+        self.registered: set[str] = set()  # worker names this connection registered
 
     def on_connect(self, conn: rpyc.Connection) -> None:
         credentials = conn._config.get("credentials")
@@ -80,11 +89,16 @@ class MasterService(rpyc.Service):
     @endpoint
     def exposed_register(self, payload: Any) -> dict[str, Any]:
         facts = _field(payload, "facts", dict)
-        self._as_worker(facts)
+        name = self._as_worker(facts)
         running = payload.get("running") or []
-        if not isinstance(running, list):
-            raise ValidationError("'running' must be a list of [task, attempt]")
-        return self.master.register(facts, running)
+        if not isinstance(running, list) or len(running) > MAX_REPORTS:
+            raise ValidationError(f"'running' must be a list of at most {MAX_REPORTS} [task, attempt]")
+        if name not in self.registered and len(self.registered) >= defaults.MAX_WORKERS_PER_CONNECTION:
+            raise LimitError(f"one connection may register at most "
+                             f"{defaults.MAX_WORKERS_PER_CONNECTION} workers")
+        reply = self.master.register(facts, running)
+        self.registered.add(name)
+        return reply
 
     @endpoint
     def exposed_fetch(self, payload: Any) -> list[dict[str, Any]]:
@@ -102,7 +116,7 @@ class MasterService(rpyc.Service):
         sample = payload.get("sample")
         if reports:  # one operation for both
             return {"refused": self.master.report(name, session, reports, sample)}
-        if isinstance(sample, dict):
+        if sample is not None:
             self.master.heartbeat(name, sample)
         return {"refused": []}
 

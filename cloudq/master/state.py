@@ -91,6 +91,7 @@ class MasterState:
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
+        self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
         self.started_at = clock()
@@ -128,6 +129,7 @@ class MasterState:
                 record = self._worker(name)
                 record.quarantined = bool(flags.get("quarantined"))
                 record.draining = bool(flags.get("draining"))
+                record.quarantine_reason = str(flags.get("reason") or "")
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
@@ -266,7 +268,8 @@ class MasterState:
 
     def _flags_changed(self) -> None:
         """Quarantine and drain are operator decisions: journalled, so a restart keeps them."""
-        flagged = {name: {"quarantined": w.quarantined, "draining": w.draining}
+        flagged = {name: {"quarantined": w.quarantined, "draining": w.draining,
+                          "reason": w.quarantine_reason}
                    for name, w in sorted(self.workers.items()) if w.quarantined or w.draining}
         self._pending.append(("meta", _WORKER_FLAGS, flagged))
 
@@ -309,7 +312,7 @@ class MasterState:
         return ticket
 
 
-_WORKER_FLAGS = "worker_flags"  # store meta key: {worker: {"quarantined": bool, "draining": bool}}
+_WORKER_FLAGS = "worker_flags"  # store meta: {worker: {"quarantined", "draining", "reason"}}
 
 
 def _awaiting_kill(task: Task) -> bool:

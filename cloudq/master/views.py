@@ -46,6 +46,13 @@ class Views(MasterState):
             summary = self.locks.blocker(task.locks)
             if summary is None and (per_worker or not workers):
                 summary = summarise(per_worker, len(workers))
+            # Workers that take nothing now, and why: quarantine, drain, offline.
+            unavailable = {w.name: w.unavailable_because() for w in self.workers.values()
+                           if not w.schedulable and (task.target_worker in (None, w.name))}
+            if not workers and unavailable:
+                summary = "No workers available: " + "; ".join(
+                    f"{name} {why}" for name, why in sorted(unavailable.items())[:8])
+            per_worker = {**per_worker, **unavailable}
             if summary is None:
                 summary = "Fits now; it starts on the next placement pass"
             return {"task": task.id, "state": task.state.value, "summary": summary,

@@ -89,7 +89,7 @@ def test_hostile_report_items_are_refused_without_error(master):
                {"task": task.id, "attempt": {"a": 1}, "state": "completed"},
                {"task": task.id, "attempt": 1, "state": ["completed"], "progress": [1], "log_tail": 5},
                {"task": task.id, "attempt": 1, "state": {"x": 1}, "result": "not an object"}]
-    assert master.report("w", s, hostile[:2]) == [[task.id], task.id]
+    assert master.report("w", s, hostile[:2]) == ["?", task.id]  # a list is no task id
     master.fetch("w", s, wait_s=0, reports=hostile[2:])
     assert task.state is S.ASSIGNED and task.attempt == 1 and task.result is None
 
@@ -98,12 +98,12 @@ def test_live_samples_arrive_with_reports_and_alone(master, clock):
     s = worker(master, "w", max_tasks=1)
     (task,) = master.submit([noop()])
     clock.now += 3
-    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "running"}], {"cpu_load": 0.5})
+    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "running"}], {"cpu_percent": 0.5})
     (view,) = master.worker_views()
-    assert view["sample"] == {"cpu_load": 0.5} and master.workers["w"].last_seen == clock.now
+    assert view["sample"] == {"cpu_percent": 0.5} and master.workers["w"].last_seen == clock.now
     clock.now += 3
-    master.heartbeat("w", {"cpu_load": 0.25})
-    assert master.worker_views()[0]["sample"] == {"cpu_load": 0.25}
+    master.heartbeat("w", {"cpu_percent": 0.25})
+    assert master.worker_views()[0]["sample"] == {"cpu_percent": 0.25}
     assert master.workers["w"].last_seen == clock.now
 
 
@@ -171,14 +171,29 @@ def test_cancel_running_keeps_reservation_until_worker_confirms(master):
         master.cancel(a.id)
 
 
-def test_quarantine_after_consecutive_failures(master):
+def test_quarantine_after_consecutive_worker_failures(master):
     s = worker(master, "w", max_tasks=1)
     tasks = master.submit([noop(max_retries=0) for _ in range(4)])
     for t in tasks[:3]:
-        master.report("w", s, [{"task": t.id, "attempt": 1, "state": "failed", "result": {"error": "boom"}}])
+        master.report("w", s, [{"task": t.id, "attempt": 1, "state": "failed",
+                                "result": {"error": "boom", "fault": "worker"}}])
         assert t.state is S.DEAD and t.last_error == "boom"
     assert master.workers["w"].to_dict()["status"] == "quarantined"
+    assert "3 worker failures in a row, the last: boom" in master.workers["w"].quarantine_reason
     assert tasks[3].state is S.QUEUED
+    why = master.why(tasks[3].id)
+    assert why["summary"].startswith("No workers available: w quarantined (3 worker failures")
+    assert "release w" in why["workers"]["w"]
+
+
+def test_the_tasks_own_failures_never_quarantine_a_worker(master):
+    s = worker(master, "w", max_tasks=1)
+    tasks = master.submit([noop(max_retries=0) for _ in range(6)])
+    for t in tasks[:5]:
+        master.report("w", s, [{"task": t.id, "attempt": 1, "state": "failed",
+                                "result": {"error": "input outside the allowed roots", "fault": "task"}}])
+        assert t.state is S.DEAD
+    assert master.workers["w"].status.value == "busy" and tasks[5].state is S.ASSIGNED  # took the next
 
 
 def test_named_lock_serialises_across_workers(master):
@@ -265,7 +280,8 @@ def test_quarantine_and_drain_survive_a_master_restart(clock, tmp_path):
     s = worker(first, "bad", max_tasks=1)
     worker(first, "old")
     for task in first.submit([noop(max_retries=0, target_worker="bad") for _ in range(2)]):
-        first.report("bad", s, [{"task": task.id, "attempt": 1, "state": "failed"}])
+        first.report("bad", s, [{"task": task.id, "attempt": 1, "state": "failed",
+                                 "result": {"fault": "worker"}}])
     first.drain_worker("old")
     store.close()
 
