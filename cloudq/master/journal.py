@@ -6,6 +6,7 @@ applied; wait() is called after the lock is released, so concurrent operations s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Protocol
@@ -13,6 +14,8 @@ from typing import Any, Protocol
 from cloudq.errors import StoreError
 from cloudq.model import Task
 from cloudq.store import Encoded, dumps
+
+log = logging.getLogger("cloudq.master")
 
 
 def encode_task(task: Task) -> Encoded:
@@ -36,6 +39,9 @@ class Journal(Protocol):
     def stats(self) -> dict[str, Any]:
         """Figures for `status`: what is on disk and when it was last checkpointed."""
 
+    def check_writable(self) -> None:
+        """Raises StoreError when a change could not be stored now (a full disk)."""
+
 
 class NullJournal:
     """Keeps nothing: for unit tests of the core and for benchmarks of placement alone."""
@@ -56,6 +62,9 @@ class NullJournal:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def check_writable(self) -> None:
+        return None
+
 
 class StoreJournal:
     """Group commit on top of cloudq.store.Store.
@@ -64,17 +73,26 @@ class StoreJournal:
     The first caller of wait() whose ticket is not yet durable becomes the writer: it takes
     everything buffered so far, appends it to the store in one call (one fsync), and wakes the
     others; callers that arrived meanwhile are covered by that write or lead the next one.
+
+    A failed write (a full disk) fails every ticket not yet durable, and the journal refuses
+    new changes (`check_writable`) until the master has rolled its memory back to the disk and
+    called `resume()`; a thread probes the disk meanwhile and asks for that rollback once there
+    is room again (`on_room`, set by the master).
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, probe_every_s: float = 1.0) -> None:
         self.store = store
+        self.probe_every_s = probe_every_s
+        self.on_failure: Any = None  # the master's rollback to the disk, set by the master
         self._cv = threading.Condition()
         self._buffer: list[tuple] = []
         self._issued = 0
         self._durable = 0
         self._writing = False
         self._failure: BaseException | None = None
+        self._lost: list[tuple[int, int]] = []  # (after, upto]: tickets a failed write took down
         self.writes = 0
+        self.failures = 0
 
     def enqueue(self, changes: list[tuple]) -> int:
         with self._cv:
@@ -85,6 +103,14 @@ class StoreJournal:
     def last_ticket(self) -> int:
         return self._issued
 
+    def check_writable(self) -> None:
+        """Raises StoreError while the disk refused the last write: called before a change is
+        applied, so memory never runs ahead of the disk again."""
+        failure = self._failure
+        if failure is not None:
+            raise StoreError(f"store full: {_reason(failure)}; nothing was changed. Reads work; "
+                             f"writes resume by themselves when space is freed")
+
     def stats(self) -> dict[str, Any]:
         stats = self.store.stats()
         out = {key: stats.get(key) for key in (
@@ -92,28 +118,96 @@ class StoreJournal:
         at = stats.get("last_checkpoint_at")
         out["last_checkpoint_age_s"] = round(time.time() - at, 1) if at else None
         out["load_s"] = round(stats["load_s"], 3) if stats.get("load_s") is not None else None
+        out["write_failures"] = self.failures
+        out["refusing_writes"] = _reason(self._failure) if self._failure is not None else None
         return out
 
     def wait(self, ticket: int) -> None:
         with self._cv:
-            while self._durable < ticket:
-                if self._failure is not None:
-                    raise StoreError(f"the journal cannot be written: {self._failure}")
+            while self._durable < ticket or self._was_lost(ticket):
+                if self._failure is not None or self._was_lost(ticket):
+                    raise StoreError(f"store full: {_reason(self._failure)}; this change was "
+                                     f"not stored and has been undone")
                 if self._writing:
                     self._cv.wait()
                     continue
                 batch, upto = self._buffer, self._issued
                 self._buffer, self._writing = [], True
                 self._cv.release()
+                failure: BaseException | None = None
                 try:
                     if batch:
                         self.store.append(batch)
                         self.writes += 1
-                except BaseException as err:
-                    self._failure = err  # memory is now ahead of disk: acknowledge nothing more
-                    raise
+                except BaseException as err:  # noqa: BLE001 - every waiter must learn of it
+                    failure = err
                 finally:
                     self._cv.acquire()
                     self._writing = False
                     self._cv.notify_all()
+                if failure is not None:
+                    self._failed(failure, upto)
+                    continue
                 self._durable = upto
+
+    def _was_lost(self, ticket: int) -> bool:
+        return any(after < ticket <= upto for after, upto in self._lost)
+
+    def _failed(self, failure: BaseException, upto: int) -> None:
+        """Called with the lock held. Memory is now ahead of the disk: nothing more is written
+        until the master has rolled back (resume)."""
+        self.failures += 1
+        first = self._failure is None
+        self._failure = failure
+        self._buffer = []
+        self._lost.append((self._durable, max(upto, self._issued)))
+        log.error("journal write failed: %s; refusing changes until there is room again",
+                  _reason(failure))
+        if first:
+            threading.Thread(target=self._await_room, name="store-probe", daemon=True).start()
+
+    def _await_room(self) -> None:
+        """Has the master roll its memory back to what is on disk (at once: nothing it shows
+        may be more than the disk holds), then probes the disk until a write of some size
+        succeeds, and lets changes in again."""
+        rolled_back = self.on_failure is None
+        while True:
+            if not rolled_back:
+                try:
+                    self.on_failure()
+                    rolled_back = True
+                except Exception:  # noqa: BLE001 - try again at the next probe
+                    log.exception("rolling back to the disk failed; trying again")
+            time.sleep(self.probe_every_s)
+            if not rolled_back:
+                continue
+            try:
+                self.store.probe()
+            except OSError as err:
+                log.debug("still no room: %s", err)
+                continue
+            self.resume()
+            log.warning("the disk has room again: writes resume")
+            return
+
+    def reload(self) -> Any:
+        """What is on disk (records, events, meta), with a fresh writer to go on with."""
+        return self.store.reload()
+
+    def resume(self) -> None:
+        """The master has rolled back to the disk (under its lock): every ticket handed out
+        so far is lost, and new changes may be written again."""
+        with self._cv:
+            self._buffer = []
+            self._lost.append((self._durable, self._issued))
+            self._durable = self._issued
+            self._lost = self._lost[-64:]  # late waiters of older failures are long gone
+            self._failure = None
+            self._cv.notify_all()
+
+
+def _reason(failure: BaseException | None) -> str:
+    cause = failure.__cause__ if failure is not None and failure.__cause__ else failure
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    return str(cause)

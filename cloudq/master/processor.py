@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from cloudq.errors import StoreError
 from cloudq.master.core import Master
 
 log = logging.getLogger("cloudq.processor")
@@ -40,8 +41,15 @@ class Processor:
             thread.join(timeout=10)
 
     def _every(self, seconds: float, work: Callable[[], None]) -> None:
+        last_refusal = ""
         while not self._stop.wait(seconds):
             try:
                 work()
+            except StoreError as err:  # a full disk: said once, not every second
+                if str(err) != last_refusal:
+                    log.warning("%s: %s", getattr(work, "__name__", "timer"), err)
+                last_refusal = str(err)
+                continue
             except Exception:  # noqa: BLE001 - the safety net must keep running
                 log.exception("%s failed", getattr(work, "__name__", "timer"))
+            last_refusal = ""

@@ -75,13 +75,18 @@ class MasterState:
         self.clock = clock
         self.rng = rng or random.Random()
         self.hooks = Hooks()
+        self._lock = threading.RLock()
+        self.started_at = clock()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """Empty state: at start, and before a rollback to what the disk holds."""
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.backlog = Backlog()
         self.locks = LockTable()
         self.events = EventLog(self.config.event_retention)
         self.scheduler = Scheduler(self.config.strategy, self.config.aging_s)
-        self._lock = threading.RLock()
         self._wakeups: dict[str, threading.Condition] = {}
         self._last_seq = 0  # task ids are t<seq>, never reused: kept in the store's meta too
         self._dirty: dict[str, Task] = {}  # tasks changed by the operation in progress
@@ -94,7 +99,6 @@ class MasterState:
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
-        self.started_at = clock()
 
     # ------------------------------------------------------------------ loading
     def restore(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]],
@@ -131,6 +135,20 @@ class MasterState:
                 record.draining = bool(flags.get("draining"))
                 record.quarantine_reason = str(flags.get("reason") or "")
 
+    def roll_back_to(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]],
+                     meta: dict[str, Any] | None) -> None:
+        """After a failed journal write: forget everything and take the state on disk, so
+        nothing shown was not stored. Workers lose their sessions (a fetch waiting now
+        returns nothing); they register again with what they run and are re-adopted, as
+        after a master restart."""
+        with self._lock:
+            for name, record in self.workers.items():
+                record.connected = False
+                record.session += 1
+                self._wakeups[name].notify_all()
+            self._fresh()
+            self.restore(records, events, meta)
+
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
         self._release(task)
@@ -156,6 +174,7 @@ class MasterState:
         (even if it fails part way: what changed in memory must reach the disk), and it returns
         only once they are durable. Yields the operation's time."""
         with self._lock:
+            self.journal.check_writable()  # a full disk: refused before anything changes
             try:
                 yield self.clock()
             finally:

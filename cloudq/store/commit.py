@@ -94,6 +94,13 @@ class GroupCommit:
         with self._cond:
             return fn(self._next_lsn - 1)
 
+    def abandon(self) -> None:
+        """After a failure: refuse everything from now on, without waiting for anything."""
+        with self._cond:
+            self._closed = True
+            self._pending = []
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Refuse new commits and wait for the batch being written, if any."""
         with self._cond:

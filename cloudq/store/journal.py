@@ -193,12 +193,28 @@ class JournalWriter:
     def write(self, data: bytes, last_lsn: int) -> None:
         """Append complete lines up to ``last_lsn`` and make them durable."""
         with self._lock:
-            self._write_all(data)
-            if self._fsync:
-                os.fdatasync(self._fd)
-                self.fsyncs += 1
+            size = self._sizes[self._segments[-1].base]
+            try:
+                self._write_all(data)
+                if self._fsync:
+                    os.fdatasync(self._fd)
+                    self.fsyncs += 1
+            except OSError:
+                self._cut_back(size)
+                raise
             self._next_lsn = last_lsn + 1
             self._sizes[self._segments[-1].base] += len(data)
+
+    def _cut_back(self, size: int) -> None:
+        """A failed write (a full disk) may have left part of its lines: cut the segment back
+        to what was acknowledged, so a reload finds exactly that. Truncating frees space, so it
+        works on a full disk; if even it fails, the reload drops the torn tail instead."""
+        try:
+            os.ftruncate(self._fd, size)
+            if self._fsync:
+                os.fdatasync(self._fd)
+        except OSError as err:
+            log.error("journal: cannot cut a failed write back to byte %d: %s", size, err)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -211,6 +211,43 @@ class Store:
             )
         return self._commit
 
+    # -- after a failed write ---------------------------------------------------------------
+
+    def reload(self) -> LoadedState:
+        """After a failed append (a full disk): the state as it is on disk, and a fresh journal
+        writer to go on with. The failed batch was cut off (or is a torn tail that loading
+        drops), so what comes back is exactly what was acknowledged. Raises StoreError if the
+        files cannot be read; the store then stays refusing, and reload() may be tried again."""
+        if self._state != "open":
+            raise StoreError("the store is not open")
+        with self._checkpoint_lock:
+            if self._commit is not None:
+                self._commit.abandon()
+            if self._writer is not None:
+                self._writer.close()
+            self._mirror = Mirror(self._mirror.event_retention)
+            self._changes_since_checkpoint = 0
+            try:
+                with _gc_paused():
+                    return self._recover()
+            except OSError as exc:
+                raise StoreError(f"cannot reload the store in {self._dir}: {exc}") from exc
+
+    def probe(self, size: int = 1 << 20) -> None:
+        """Writes, syncs and removes `size` bytes beside the journal: OSError while the disk
+        has no room (or cannot be written) for at least that much."""
+        path = self._dir / ".space-probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, bytes(size))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def checkpoint(self) -> None:

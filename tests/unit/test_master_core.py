@@ -6,6 +6,7 @@ import pytest
 
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.core import Master, MasterConfig
+from cloudq.master.journal import NullJournal
 from cloudq.model import TaskState
 
 S = TaskState
@@ -344,7 +345,7 @@ def test_container_tasks_never_go_to_a_worker_without_docker(master):
 def test_finished_tasks_are_forgotten_after_keep_finished_and_ids_never_reused(clock):
     journal_changes: list[tuple] = []
 
-    class Recording:
+    class Recording(NullJournal):
         def enqueue(self, changes):
             journal_changes.extend(changes)
             return len(journal_changes)
