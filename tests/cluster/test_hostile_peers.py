@@ -1,0 +1,118 @@
+"""Hostile or broken peers against real master and worker processes: bad reports, peers that
+take work and sit on it, padded registrations, ghost workers, and users' own mistakes. Each
+test prints what it measured."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cloudq.errors import LimitError
+from cloudq.rpc.client import MasterClient
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _register(client: MasterClient, name: str, **facts) -> int:
+    reply = client.call("register", {"facts": {"name": name, "cpu_cores": 4.0, "mem_gb": 8.0,
+                                               "max_tasks": 4, **facts}, "running": []})
+    return reply["session"]
+
+
+def test_a_bad_report_is_refused_and_the_safety_net_keeps_running(cluster):
+    master = cluster.start_master("--interval", "1")
+    with MasterClient(master.address) as peer:
+        session = _register(peer, "evil")
+        victim = master.ctl("task", "evil", "--exec", "true", "--timeout", "2")["id"]
+        (assignment,) = peer.call("fetch", {"name": "evil", "session": session, "wait_s": 5})
+        assert assignment["assign"]["id"] == victim
+        refused = peer.call("report", {"name": "evil", "session": session, "reports": [
+            {"task": victim, "attempt": 1, "state": "running", "started_at": "not a time"}]})
+        assert refused == {"refused": [victim]}
+        shown = master.task(victim)  # `show` works: nothing of the report was applied
+        assert shown["started_at"] is None
+        # Deadlines go on for everyone: a TTL on a task that fits nowhere still expires.
+        started = time.monotonic()
+        doomed = master.ctl("task", "--exec", "true", "--ttl", "1", "-cpu_cores", "64")["id"]
+        master.wait_state(doomed, "failed", timeout=15)
+        print(f"\nbad report refused; a 1s TTL still expired after {time.monotonic() - started:.1f}s")
+
+
+def test_a_peer_that_never_starts_its_assignments_loses_them(cluster):
+    master = cluster.start_master("--start-deadline", "2", "--interval", "1", "--lease", "60")
+    with MasterClient(master.address) as ghost:
+        session = _register(ghost, "ghost", max_tasks=20, cpu_cores=32.0)
+        tasks = [master.ctl("task", "--exec", "true", "--retries", "5")["id"] for _ in range(20)]
+        held = [t for t in tasks if master.task(t)["worker"] == "ghost"]
+        assert len(held) >= 10  # the first ones may already have gone back
+        # It heartbeats (so its lease holds) but never fetches nor starts anything.
+        good = None
+        started = time.monotonic()
+        deadline = started + 60
+        while time.monotonic() < deadline:
+            ghost.call("report", {"name": "ghost", "session": session, "reports": [],
+                                  "sample": {"cpu_percent": 1.0}})
+            if good is None and time.monotonic() - started > 1:
+                good = cluster.start_worker("good", wait=False)
+            if all(master.task(t)["state"] == "completed" for t in tasks):
+                break
+            time.sleep(0.3)
+        took = time.monotonic() - started
+        states = {t: master.task(t) for t in tasks}
+        print(f"\n{len(held)} of 20 tasks held by a peer that never starts them: all completed "
+              f"elsewhere after {took:.1f}s")
+        assert all(t["state"] == "completed" and t["worker"] == "good" for t in states.values())
+        assert master.worker("ghost")["consecutive_failures"] >= 1
+
+
+def test_padded_registrations_and_samples_stay_small(cluster):
+    master = cluster.start_master()
+    pad = "x" * (8 << 20)
+    with MasterClient(master.address) as peer:
+        session = _register(peer, "padded", host=pad, junk=pad, tools={"encoders": [pad[:1000]] * 4000})
+        peer.call("report", {"name": "padded", "session": session, "reports": [],
+                             "sample": {"cpu_percent": 5.0, "junk": pad, "gpus": [{"name": pad}] * 2}})
+    listing = master.client().call("call", {"argv": ["workers"]})
+    size = len(str(listing))
+    print(f"\n~33 MB of facts and sample sent; `workers` reply is {size} characters")
+    assert size < 200_000
+
+
+def test_ghost_workers_are_capped(cluster):
+    master = cluster.start_master("--max-workers", "50")
+    good = cluster.start_worker("good")
+    registered, refused = 0, None
+    started = time.monotonic()
+    for batch in range(40):  # a peer registering fake workers as fast as it can
+        with MasterClient(master.address) as peer:
+            for index in range(5):
+                try:
+                    _register(peer, f"ghost-{batch}-{index}", cpu_cores=64.0, max_tasks=64)
+                    registered += 1
+                except LimitError as err:
+                    refused = str(err)
+    print(f"\nghost registrations: {registered} accepted in {time.monotonic() - started:.1f}s, then {refused!r}")
+    assert registered <= 50 and refused and "limit" in refused
+    workers = master.ctl("workers")
+    assert len(workers) <= 50 and any(w["name"] == "good" for w in workers)
+    assert good.proc.poll() is None
+
+
+def test_users_own_failures_never_quarantine_workers(cluster, tmp_path):
+    master = cluster.start_master("--quarantine-after", "2")
+    for name in ("w1", "w2", "w3"):
+        cluster.start_worker(name)
+    secret = tmp_path / "outside.mp4"
+    secret.write_bytes(b"not a video")
+    bad = [master.ctl("task", "--scenario", "360p30-h264", "--input", str(secret), "--retries", "0")["id"]
+           for _ in range(4)]
+    bad += [master.ctl("task", "--exec", "false", "--retries", "0")["id"] for _ in range(4)]
+    for task_id in bad:
+        task = master.wait_state(task_id, {"dead", "failed"}, timeout=60)
+        assert task["result"]["fault"] == "task", task
+    statuses = {w["name"]: w["status"] for w in master.ctl("workers")}
+    print(f"\n8 tasks failed by their own fault; workers: {statuses}")
+    assert set(statuses.values()) <= {"available", "busy"}
+    echo = master.ctl("task", "--exec", "echo still working")["id"]
+    assert master.wait_state(echo, "completed", timeout=30)
