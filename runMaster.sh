@@ -4,7 +4,7 @@
 # The first run makes .venv and installs what cloudq needs.
 set -euo pipefail
 cd "$(dirname "$0")"
-. scripts/venv.sh
+. scripts/venv.sh ""  # no extras; without an argument it would see ours
 if [ $# -eq 0 ]; then
     set -- --local-workers 1
 fi

@@ -4,5 +4,5 @@
 # The first run makes .venv and installs what cloudq needs.
 set -euo pipefail
 cd "$(dirname "$0")"
-. scripts/venv.sh
+. scripts/venv.sh ""  # no extras; without an argument it would see ours
 exec python -m cloudq worker "$@"
