@@ -97,6 +97,8 @@ def _ctl_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
     p.add_argument("--tls-dir", type=Path)
     p.add_argument("--json", action="store_true", help="print the data as JSON")
+    p.add_argument("--timeout", type=float, default=defaults.SYNC_REQUEST_TIMEOUT_S,
+                   help="seconds to wait for the master's answer")
     p.add_argument("words", nargs=argparse.REMAINDER, help="the command and its arguments")
 
 
@@ -211,4 +213,6 @@ def _ctl(args: argparse.Namespace) -> int:
     words = [w for w in args.words if w != "--json"]
     if not words:
         raise CloudqError("ctl needs a command, e.g. `cloudq ctl status`")
-    return run_ctl(args.master, args.tls_dir, words, args.json or "--json" in args.words)
+    if not args.timeout > 0:
+        raise CloudqError("--timeout must be a number of seconds above 0")
+    return run_ctl(args.master, args.tls_dir, words, args.json or "--json" in args.words, args.timeout)

@@ -1,25 +1,84 @@
-"""`cloudq ctl`: one command against a running master, through the same registry as the shell."""
+"""`cloudq ctl`: one command against a running master, through the same registry as the shell.
+
+A listing too large for one reply comes in pages (commands/pages.py): each Result names the
+command line of the next page, and ctl follows them, writing JSON out as the pages arrive; the
+output is the same single JSON value, or the same table, that one reply would have given.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from cloudq.commands import Result
-from cloudq.commands.registry import files_to_send, parse
+from cloudq import defaults
+from cloudq.commands import Result, parse
+from cloudq.commands.registry import files_to_send
 from cloudq.errors import CloudqError
-from cloudq.render import render, render_json
+from cloudq.render import json_list_chunks, render, render_error, render_json
 from cloudq.rpc.client import MasterClient
 
 
-def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool) -> int:
+def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
+            timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> int:
     try:
         parse(argv)  # refuse a bad line here, before connecting
         files = files_to_send(argv)
-        with MasterClient(master, tls_dir) as client:
-            result = Result.from_dict(client.call("call", {"argv": argv, "files": files}))
+        with MasterClient(master, tls_dir, timeout_s=timeout_s) as client:
+            first = _call(client, argv, files)
+            if first.next_argv is None:
+                _print_whole(first, as_json)
+            elif as_json:
+                _stream_json(_pages(client, first))
+            else:
+                _print_table(_pages(client, first))
     except (CloudqError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        print(render_error(err), file=sys.stderr)
         return 1
-    print(render_json(result) if as_json else render(result))
     return 0
+
+
+def _call(client: MasterClient, argv: list[str], files: dict[str, str]) -> Result:
+    return Result.from_dict(client.call("call", {"argv": argv, "files": files}))
+
+
+def _pages(client: MasterClient, first: Result) -> Iterator[Result]:
+    page = first
+    yield page
+    while page.next_argv:
+        argv = page.next_argv
+        if not (isinstance(argv, list) and all(isinstance(word, str) for word in argv)):
+            raise CloudqError("the master sent a malformed next-page line")
+        page = _call(client, argv, {})
+        if not page.rows and page.next_argv:  # an empty page that promises more: stop looping
+            raise CloudqError("the master sent an empty page of a listing")
+        yield page
+
+
+def _print_whole(result: Result, as_json: bool) -> None:
+    if as_json:
+        print(render_json(result))
+    elif result.raw:
+        sys.stdout.write(result.status)  # as it is, for `> file`: no newline added
+    else:
+        print(render(result))
+
+
+def _stream_json(pages: Iterator[Result]) -> None:
+    def items() -> Iterator[object]:
+        for page in pages:
+            yield from page.data or []
+            sys.stdout.flush()
+
+    for chunk in json_list_chunks(items()):
+        sys.stdout.write(chunk)
+    sys.stdout.write("\n")
+
+
+def _print_table(pages: Iterator[Result]) -> None:
+    """One table from every page: its column widths need every row, so the rows are gathered."""
+    whole = next(pages)
+    for page in pages:
+        whole.rows.extend(page.rows)
+    print(render(whole))

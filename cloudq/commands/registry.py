@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +27,19 @@ class Result:
     status: str = ""
     data: Any = None
     vertical: bool = False  # a single record reads better as key: value lines
+    raw: bool = False  # `status` is printed as it is, control characters and all (logs --raw)
+    # A listing too large for one reply: the command line that fetches the next page. Its rows
+    # and data continue this page's; title and status are the first page's.
+    next_argv: list[str] | None = None
+
+    FIELDS = ("title", "headers", "rows", "status", "data", "vertical", "raw", "next_argv")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "headers": self.headers, "rows": self.rows,
-                "status": self.status, "data": self.data, "vertical": self.vertical}
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Result:
-        return cls(**{k: raw.get(k) for k in ("title", "headers", "rows", "status", "data", "vertical")
-                      if k in raw})
+        return cls(**{k: raw[k] for k in cls.FIELDS if k in raw})
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -47,6 +52,10 @@ class CommandParser(argparse.ArgumentParser):
         raise ValidationError(message or f"{self.prog}: stopped")
 
 
+class Interrupted(CloudqError):
+    """The operator interrupted the command (Ctrl-C in the shell) before it changed anything."""
+
+
 @dataclass
 class Context:
     """What a command may touch: the master's core, and the files the caller sent along."""
@@ -54,6 +63,19 @@ class Context:
     master: Any
     files: dict[str, str] = field(default_factory=dict)
     local: bool = True  # True in the master's own shell: files are read from this machine's disk
+    # Set by the shell when the operator interrupts; a long command looks at it between steps.
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_note: Callable[[str], None] | None = None
+
+    def check_interrupted(self) -> None:
+        """Raises Interrupted once the operator has interrupted (call it only before a change)."""
+        if self.stop.is_set():
+            raise Interrupted("interrupted")
+
+    def note(self, text: str) -> None:
+        """Tells the operator what a long command is doing now (the shell shows it)."""
+        if self.on_note is not None:
+            self.on_note(text)
 
     def read_file(self, path: str) -> str:
         if path in self.files:
@@ -67,6 +89,22 @@ class Context:
 
 
 Handler = Callable[[Context, argparse.Namespace], Result]
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, or a message that says so (a bare
+    int would let 10**20 through, to fail deep inside as an internal error)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text[:40]}")
+        return value
+
+    return convert
 
 
 @dataclass
@@ -130,6 +168,11 @@ def parse(argv: list[str]) -> tuple[Command, argparse.Namespace]:
 def dispatch(ctx: Context, argv: list[str]) -> Result:
     """Runs one command line (already split). Raises CloudqError for anything the user got wrong."""
     cmd, args = parse(argv)
+    return run(ctx, cmd, args)
+
+
+def run(ctx: Context, cmd: Command, args: argparse.Namespace) -> Result:
+    """Runs a parsed command line."""
     if not ctx.local and not cmd.remote:
         raise ValidationError(f"{cmd.name} only works in the master's own shell")
     try:

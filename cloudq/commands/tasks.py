@@ -6,13 +6,16 @@ import argparse
 import time
 from typing import Any
 
-from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command
+from cloudq.commands.pages import cell, next_page, task_listing
+from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
 from cloudq.errors import ValidationError
 from cloudq.model import TaskState
 
 TASK_COLUMNS = ["id", "name", "kind", "state", "queue", "priority", "worker", "attempt", "reason"]
+SUBMIT_COLUMNS = ["id", "name", "state", "worker"]
 ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")
+MAX_LIMIT = 10_000_000  # rows one `queue` may ask for: more tasks than a master holds
 
 
 @command("task", "Submit one task: a container image, --scenario, --exec or --noop.",
@@ -33,6 +36,7 @@ def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
     parser = COMMANDS["task"].parser
     requests = []
     for number, line in enumerate(ctx.read_file(args.file).splitlines(), start=1):
+        ctx.check_interrupted()  # a long file: Ctrl-C stops here, before anything is submitted
         try:
             request = parse_submit_line(line, parser)
         except (ValidationError, ValueError) as err:
@@ -41,11 +45,11 @@ def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
             requests.append(request)
     if not requests:
         raise ValidationError(f"{args.file} has no tasks")
+    ctx.note(f"submitting {len(requests)} tasks from {args.file}")
     tasks = ctx.master.submit(requests)
     views = [ctx.master.view(t) for t in tasks]
-    return Result(title=f"Submitted {len(tasks)} tasks", headers=["id", "name", "state", "worker"],
-                  rows=[[v["id"], v["name"], v["state"], v["worker"] or ""] for v in views],
-                  data=views)
+    ids = tasks[0].id if len(tasks) == 1 else f"{tasks[0].id} to {tasks[-1].id}"
+    return task_listing(ctx, views, SUBMIT_COLUMNS, f"Submitted {len(tasks)} tasks", f"ids {ids}")
 
 
 def _id_argument(parser: CommandParser) -> None:
@@ -58,11 +62,11 @@ def show_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.get(args.id)
     view = ctx.master.view(task)
     view["events"] = [e.to_dict() for e in ctx.master.story(task.id)]
-    rows = [[key, _when(view[key], full=True) if key.endswith("_at") and view[key] else _cell(view[key])]
+    rows = [[key, _when(view[key], full=True) if key.endswith("_at") and view[key] else cell(view[key])]
             for key in view if key not in ("events", "spec", "result")]
-    rows.append(["spec", _cell(view["spec"])])
+    rows.append(["spec", cell(view["spec"])])
     if view.get("result"):
-        rows.append(["result", _cell({k: v for k, v in view["result"].items() if k != "log_tail"})])
+        rows.append(["result", cell({k: v for k, v in view["result"].items() if k != "log_tail"})])
     rows += [[_when(e["time"]), f"{e['src']} -> {e['dst']}: {e['reason']}"] for e in view["events"][-10:]]
     return Result(title=f"Task {task.id}", headers=["field", "value"], rows=rows, data=view,
                   vertical=True)
@@ -82,47 +86,46 @@ def cancel_command(ctx: Context, args: argparse.Namespace) -> Result:
     return Result(status=f"{task.id} cancelled", data=ctx.master.view(task))
 
 
-@command("logs", "The tail of a task's output.", arguments=_id_argument)
+def _logs_arguments(parser: CommandParser) -> None:
+    _id_argument(parser)
+    parser.add_argument("--raw", "-raw", action="store_true",
+                        help="print the output as it is, control characters included (for a file)")
+
+
+@command("logs", "The tail of a task's output.", arguments=_logs_arguments)
 def logs_command(ctx: Context, args: argparse.Namespace) -> Result:
     text = ctx.master.log_tail(args.id)
+    if args.raw:
+        return Result(status=text, data={"id": args.id, "log": text}, raw=True)
     return Result(status=text or f"{args.id} has no output yet", data={"id": args.id, "log": text})
 
 
 def _queue_arguments(parser: CommandParser) -> None:
     parser.add_argument("--state", "-state", choices=[s.value for s in TaskState],
                         help="only tasks in this state (default: everything not finished)")
-    parser.add_argument("--limit", "-limit", type=int, default=200, help="at most this many rows")
+    parser.add_argument("--limit", "-limit", type=whole_number(1, MAX_LIMIT), default=200,
+                        help=f"at most this many rows (1 to {MAX_LIMIT})")
+    # The next page of a long listing (cloudq ctl follows these by itself).
+    parser.add_argument("--cursor", help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=whole_number(0, MAX_LIMIT), default=0, help=argparse.SUPPRESS)
 
 
 @command("queue", "Tasks waiting and running, in the order they will be served.", aliases=("tasks",),
          arguments=_queue_arguments)
 def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
-    if args.limit <= 0:
-        raise ValidationError("--limit must be at least 1")
+    if args.cursor is not None:
+        return next_page(ctx, args.cursor, args.offset)
     views = ctx.master.listing(args.state, args.limit)
-    rows = [[_cell(v.get(c)) for c in TASK_COLUMNS] for v in views]
     total = ctx.master.counts()
     shown = args.state or "unfinished"
-    return Result(title=f"{len(views)} {shown} tasks", headers=TASK_COLUMNS, rows=rows, data=views,
-                  status=", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
+    return task_listing(ctx, views, TASK_COLUMNS, f"{len(views)} {shown} tasks",
+                        ", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
 
 
 def _state_line(view: dict[str, Any]) -> str:
     where = f" on {view['worker']}" if view.get("worker") else ""
     reason = f": {view['reason']}" if view.get("reason") else ""
     return f"{view['id']} {view['state']}{where}{reason}"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return ", ".join(_cell(v) for v in value)
-    return str(value)
 
 
 def _when(timestamp: float, full: bool = False) -> str:

@@ -1,9 +1,10 @@
 """Hostile shell lines: every one gets a CloudqError with a message, none crashes the registry,
-and a refused line changes nothing."""
+a refused line changes nothing, and what the operator reads of the refusal is short and inert."""
 
 from __future__ import annotations
 
 import random
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,12 +12,16 @@ from hypothesis import strategies as st
 from cloudq.commands import COMMANDS, Context, dispatch, split_line
 from cloudq.errors import CloudqError
 from cloudq.master.core import Master
+from cloudq.render import render_error
 
 WORDS = [*COMMANDS, "task", "--exec", "-cpu_cores", "-mem", "--queue", "--priority", "--lock",
          "--label", "--scenario", "--timeout", "--ttl", "--retries", "-gpu", "--noop", "--cmd",
          "--input", "--output", "--env", "'", '"', "\\", ";", "|", "$(reboot)", "`id`", "-1", "nan",
          "inf", "1e309", "../../etc/passwd", "concat:a|b", "http://x", "t1", "t999", "x" * 300,
-         "live", "urgent", "high", "model:0", "a=b", "=", "--", "-", "\x00", "🙂", "99999999999999999999"]
+         "live", "urgent", "high", "model:0", "a=b", "=", "--", "-", "\x00", "🙂", "99999999999999999999",
+         "--limit", "--offset", "--cursor", "--raw", "\x1b]0;PWNED\x07", "\x1b[2J", "\x9b2J", "\rFAKE",
+         "y" * 5000]
+ACTIVE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # what a terminal would act on
 
 
 def snapshot(master: Master) -> tuple:
@@ -34,6 +39,9 @@ def run_line(master: Master, line: str) -> bool:
     except CloudqError as err:
         assert str(err), line
         assert snapshot(master) == before, f"refused line changed state: {line!r}"
+        shown = render_error(err)
+        assert not ACTIVE.search(shown) and len(shown) < 1100, (line, shown)
+        assert "internal" not in shown and "islice" not in shown, (line, shown)
         return False
     return True
 
@@ -55,3 +63,17 @@ def test_thousand_random_lines_on_one_master():
         outcomes.append(run_line(master, " ".join(words)))
     assert outcomes.count(False) > 500 and outcomes.count(True) > 10  # both paths exercised
     assert all(t.state.value in ("queued", "cancelled") for t in master.tasks.values())
+
+
+def test_numeric_options_out_of_range_are_refused_plainly():
+    master = Master()
+    for line, message in (
+        ("queue --limit 100000000000000000000", "--limit/-limit: must be from 1 to 10000000"),
+        ("queue --limit 0", "--limit/-limit: must be from 1 to 10000000"),
+        ("queue --offset -1", "--offset: must be from 0 to 10000000"),
+    ):
+        assert not run_line(master, line)
+        try:
+            dispatch(Context(master), split_line(line))
+        except CloudqError as err:
+            assert message in str(err), (line, str(err))

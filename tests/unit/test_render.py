@@ -1,0 +1,101 @@
+"""The renderer: control sequences from task data never reach the terminal, errors stay short,
+and paged JSON is the same text as one reply's."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from cloudq.commands import Result
+from cloudq.render import (
+    ERROR_CHARS,
+    json_list_chunks,
+    neutralise,
+    render,
+    render_error,
+    render_json,
+)
+
+# Anything a terminal acts on: C0 but newline and tab, DEL, C1. What the renderer prints must have none.
+ACTIVE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+TITLE_BEL = "\x1b]0;PWNED\x07"  # OSC 0: set the window title, ended by BEL
+TITLE_ST = "\x1b]2;PWNED\x1b\\"  # OSC 2, ended by ST (ESC \)
+CLEAR = "\x1b[2J"  # CSI: erase the screen
+C1_CLEAR = "\x9b2J"  # the same, with the 8-bit CSI
+FAKE_LINE = "all good\rFAKE: t1 completed"  # \r returns the cursor and overwrites the line
+HOSTILE = [TITLE_BEL, TITLE_ST, CLEAR, C1_CLEAR, FAKE_LINE, "\x1b", "\x07\x08\x7f\x00", "\x1bc"]
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    (CLEAR, "\\x1b[2J"),
+    (TITLE_BEL, "\\x1b]0;PWNED\\x07"),
+    (TITLE_ST, "\\x1b]2;PWNED\\x1b\\"),
+    (C1_CLEAR, "\\x9b2J"),
+    (FAKE_LINE, "all good\\rFAKE: t1 completed"),
+    ("lone \x1b at the end \x1b", "lone \\x1b at the end \\x1b"),
+    ("bell\x07 bs\x08 del\x7f nul\x00", "bell\\x07 bs\\x08 del\\x7f nul\\x00"),
+    ("two\nlines\tand a tab", "two\nlines\tand a tab"),
+    ("plain text, ünïcödé, 🙂", "plain text, ünïcödé, 🙂"),
+])
+def test_neutralise_shows_control_characters_as_escapes(text: str, shown: str) -> None:
+    assert neutralise(text) == shown
+    assert not ACTIVE.search(neutralise(text))
+
+
+def test_cells_keep_one_line() -> None:
+    assert neutralise("a\nb\tc\r", one_line=True) == "a\\nb\\tc\\r"
+
+
+def test_every_c0_c1_and_del_character_is_neutralised() -> None:
+    every = "".join(chr(c) for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)])
+    out = neutralise(every)
+    assert not ACTIVE.search(out)
+    assert out.count("\\") == len(every) - 2  # all but newline and tab
+    print(f"\n{len(every)} control characters in, {len(out)} visible characters out")
+
+
+def _hostile_result(vertical: bool) -> Result:
+    rows = [[f"k{i}", text] for i, text in enumerate(HOSTILE)] if vertical else \
+        [[f"t{i}", text, "queued", text] for i, text in enumerate(HOSTILE)]
+    return Result(title=f"Task {TITLE_BEL}", headers=["id", f"name{CLEAR}", "state", "reason"],
+                  rows=rows, status=f"{FAKE_LINE}\n{C1_CLEAR}", vertical=vertical, data=HOSTILE)
+
+
+@pytest.mark.parametrize("width", [200, 40])  # 40: too wide, printed as key/value blocks
+@pytest.mark.parametrize("vertical", [False, True])
+def test_rendered_results_carry_no_control_sequence(vertical: bool, width: int) -> None:
+    text = render(_hostile_result(vertical), width=width)
+    assert not ACTIVE.search(text), repr(text)
+    assert "\\x1b]0;PWNED\\x07" in text and "\\rFAKE" in text
+    # A newline inside a cell never makes a line of its own.
+    assert not any(line.startswith("FAKE") for line in text.splitlines())
+
+
+def test_json_output_escapes_control_characters() -> None:
+    text = render_json(_hostile_result(False))
+    assert not ACTIVE.search(text)
+    assert json.loads(text) == HOSTILE
+
+
+def test_raw_result_is_printed_unchanged() -> None:
+    log = f"{TITLE_BEL}{CLEAR}{FAKE_LINE}\n"
+    assert render(Result(status=log, raw=True)) == log
+
+
+def test_errors_are_neutralised_and_capped() -> None:
+    assert render_error(f"no task {TITLE_BEL!s}") == "error: no task \\x1b]0;PWNED\\x07"
+    huge = "x" * 200_000
+    text = render_error(f"unknown command {huge!r}; type `help` for the list")
+    print(f"\nan error echoing a 200,000-character word prints {len(text)} characters")
+    assert len(text) < 300 and text.endswith("... type `help` for the list")
+    many = render_error(" ".join(["word"] * 100_000))
+    assert len(many) <= ERROR_CHARS + 60 and many.endswith("more characters)")
+
+
+@pytest.mark.parametrize("items", [[], [1], [{"a": [1, {"b": None}], "c": "\x1b"}, "x", [], {}],
+                                   [{"id": f"t{i}", "spec": {"argv": ["echo", str(i)]}} for i in range(5)]])
+def test_json_list_chunks_match_one_dump(items: list) -> None:
+    assert "".join(json_list_chunks(iter(items))) == json.dumps(items, indent=2)
