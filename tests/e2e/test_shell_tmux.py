@@ -151,7 +151,8 @@ def test_too_big_task_stays_queued_and_why_says_insufficient_cpu(shell: TmuxShel
     ("frobnicate", "unknown command 'frobnicate'"),
     ('task --exec "echo unterminated', "cannot parse the line"),
     ("show t999999", "no task 't999999'"),
-    ("queue --limit many", "invalid int value: 'many'"),
+    ("queue --limit many", "'many' is not a whole number"),
+    ("queue --limit 100000000000000000000", "--limit/-limit: must be from 1 to 10000000"),
 ])
 def test_bad_line_prints_an_error_and_the_prompt_still_works(shell: TmuxShell, line: str,
                                                              message: str) -> None:
