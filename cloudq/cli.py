@@ -78,6 +78,11 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--container-mem-default", type=float, default=None, metavar="GB",
                    help="memory limit of a container whose task asks for none "
                         "(default: offered memory / max tasks)")
+    p.add_argument("--exec-user", default="nobody",
+                   help="user a root worker runs exec and ffmpeg tasks as (default: nobody)")
+    p.add_argument("--exec-uid-base", type=int, default=None, metavar="UID",
+                   help="give each running task its own uid, UID + slot (default: all share "
+                        "--exec-user's)")
 
 
 def _certs_parser(sub: argparse._SubParsersAction) -> None:
@@ -184,12 +189,15 @@ def _worker(args: argparse.Namespace) -> int:
         raise CloudqError("--max-tasks must be at least 1")
     if args.container_mem_default is not None and not args.container_mem_default > 0:
         raise CloudqError("--container-mem-default must be a number of GB above 0")
+    if args.exec_uid_base is not None and not 1000 <= args.exec_uid_base <= 2**32 - 2**16:
+        raise CloudqError("--exec-uid-base must be an unused uid range start, 1000 to 4294901760")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
     return run_worker(WorkerOptions(
         master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
         cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
         allow_pull=args.allow_pull, input_roots=tuple(args.input_root),
-        container_mem_default_gb=args.container_mem_default,
+        container_mem_default_gb=args.container_mem_default, exec_user=args.exec_user,
+        exec_uid_base=args.exec_uid_base,
     ))
 
 

@@ -36,12 +36,14 @@ from cloudq.worker.runners import (
     Fault,
     RunContext,
     capability_set,
+    confine,
     detect_capabilities,
     is_instant,
     run_task,
     tail_log,
 )
 from cloudq.worker.runners.base import one_line
+from cloudq.worker.runners.confine import TaskUser
 
 log = logging.getLogger("cloudq.worker")
 
@@ -66,6 +68,8 @@ class WorkerOptions:
     input_roots: tuple[Path, ...] = ()
     keep_task_dirs: bool = False
     container_mem_default_gb: float | None = None  # default: offered memory / max_tasks
+    exec_user: str = "nobody"  # who a root worker runs exec and ffmpeg tasks as
+    exec_uid_base: int | None = None  # given: task slot N runs as uid exec_uid_base + N
 
 
 @dataclass
@@ -75,11 +79,16 @@ class Running:
     cancel: threading.Event
     work_dir: Path
     future: Future[None] | None = None
+    user: TaskUser | None = None  # who its processes run as; None: the worker itself
+    slot: int | None = None  # with a uid per slot: the slot it holds
 
 
 class WorkerAgent:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
+        # First, so a user that does not exist stops the worker before anything else happens.
+        self.task_user = confine.task_user(options.exec_user)
+        self._slots_used: set[int] = set()
         self.name = options.name
         self.running: dict[str, Running] = {}
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -104,6 +113,15 @@ class WorkerAgent:
         # max_tasks covers re-adopted tasks still finishing after a reconnect.
         self._pool = ThreadPoolExecutor(max_workers=options.max_tasks * 2, thread_name_prefix="task")
         options.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.task_user is not None:
+            if problem := confine.unreachable(options.work_dir, self.task_user):
+                log.warning("%s", problem)
+            confine.become_subreaper()  # before any task: its orphans must come to us
+            log.info("tasks run as %s%s", self.task_user.name,
+                     "" if options.exec_uid_base is None
+                     else f", uid {options.exec_uid_base} + slot each")  # fmt: skip
+        else:
+            log.info("not running as root: tasks run as this worker's own user")
         self.facts = self._facts()
         self.container_mem_default = container_mem_default(options, self.facts["mem_gb"])
 
@@ -330,7 +348,18 @@ class WorkerAgent:
             return
         with self._lock:
             self.running[task_id] = entry
+            self._take_slot(entry)
         entry.future = self._pool.submit(self._execute, assignment, entry)
+
+    def _take_slot(self, entry: Running) -> None:
+        """The user the task runs as; with a uid per slot, the lowest free slot's (caller holds
+        the lock). A slot is free again only once its task's last process has ended."""
+        if self.task_user is None:
+            return
+        if self.options.exec_uid_base is not None:
+            entry.slot = min(set(range(len(self._slots_used) + 1)) - self._slots_used)
+            self._slots_used.add(entry.slot)
+        entry.user = self.task_user.for_slot(self.options.exec_uid_base, entry.slot or 0)
 
     def _fail_at_once(self, entry: Running, error: str) -> None:
         log.error("task %s not started: %s", entry.task_id, error)
@@ -350,6 +379,8 @@ class WorkerAgent:
         with self._lock:
             self.running.pop(entry.task_id, None)
             self._unreported[entry.task_id] = entry.attempt
+            if entry.slot is not None:
+                self._slots_used.discard(entry.slot)
         if not self.options.keep_task_dirs and entry.work_dir.exists():
             shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put(outcome)
@@ -368,6 +399,7 @@ class WorkerAgent:
             gpu_indices=list(assignment.get("gpu_indices") or []),
             input_roots=list(self.options.input_roots), allow_pull=self.options.allow_pull,
             worker_name=self.name, container_mem_default=self.container_mem_default,
+            user=entry.user,
         )
         try:
             result = run_task(ctx).to_dict()

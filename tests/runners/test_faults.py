@@ -67,10 +67,10 @@ def test_engine_failing_a_gpu_request_is_the_workers_fault(make_ctx, docker_clie
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> WorkerAgent:
+def agent(open_dir: Path) -> WorkerAgent:
     """A worker agent that is never connected: its task path is what is tested."""
     return WorkerAgent(WorkerOptions(master="127.0.0.1:1", name="fault-test",
-                                     work_dir=tmp_path / "work"))  # fmt: skip
+                                     work_dir=open_dir / "work"))  # fmt: skip
 
 
 def assignment(kind: str, spec: dict) -> dict:

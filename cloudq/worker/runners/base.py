@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudq.errors import RunnerError
+from cloudq.worker.runners.confine import TaskUser
 
 LOG_NAME = "task.log"
 LOG_TAIL_BYTES = 8192
@@ -82,6 +84,7 @@ class RunContext:
     # Memory limit of a container whose task asked for no memory (the worker's memory over its
     # max_tasks, or --container-mem-default); None: the machine's memory.
     container_mem_default: int | None = None
+    user: TaskUser | None = None  # who exec and ffmpeg processes run as; None: the worker
 
     @property
     def log_path(self) -> Path:
@@ -176,14 +179,20 @@ def one_line(text: str, limit: int = 500) -> str:
 def tail_log(work_dir: Path | str, max_bytes: int = LOG_TAIL_BYTES) -> str:
     """The last `max_bytes` of the task's log (whole lines where possible), or "" if none."""
     path = Path(work_dir) / LOG_NAME
+    # The task owns its directory and may have put something else in the log's place: the
+    # worker reads only the plain file it made, never through a symlink or a hard link (to a
+    # secret), and never blocks on a FIFO.
     try:
-        with open(path, "rb") as log:
-            size = os.fstat(log.fileno()).st_size
-            start = max(0, size - max_bytes)
-            log.seek(start)
-            data = log.read(max_bytes)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return ""
+    with os.fdopen(fd, "rb") as log:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return ""
+        start = max(0, st.st_size - max_bytes)
+        log.seek(start)
+        data = log.read(max_bytes)
     if start > 0:
         newline = data.find(b"\n")
         if 0 <= newline < len(data) - 1:

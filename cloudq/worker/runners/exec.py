@@ -1,14 +1,14 @@
 """The exec runner: an argv list run in the task directory as its own process group.
 
 No shell is involved, so the argv items reach the program exactly as written. The environment
-starts small (PATH, HOME, LANG) rather than inheriting the worker's, so the worker's own
-settings and secrets do not leak into tasks.
+is made afresh (PATH, HOME, LANG), nothing is taken from the worker's, so the worker's own
+settings and secrets do not leak into tasks. On a root worker the task runs as its task user
+in a directory that user owns (confine.py).
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from cloudq.worker.runners.base import (
     refused_by,
     tail_log,
 )
-from cloudq.worker.runners.paths import task_subdir
+from cloudq.worker.runners.paths import give_task_dir, task_subdir
 from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
 
 
@@ -32,11 +32,14 @@ def run(ctx: RunContext) -> RunResult:
     spec = ctx.spec
     try:
         cwd = task_subdir(ctx.work_dir, spec["cwd"])
+        if ctx.user is not None:
+            give_task_dir(ctx.work_dir, ctx.user, cwd)
     except RunnerError as exc:
         return refused_by(started, exc)
     with open_log(ctx) as log:
         try:
-            proc = start(spec["argv"], cwd=cwd, env=task_env(ctx), stdout=log, stderr=log)
+            proc = start(spec["argv"], cwd=cwd, env=task_env(ctx), stdout=log, stderr=log,
+                         user=ctx.user)  # fmt: skip
         except OSError as exc:
             return _not_started(ctx, started, spec["argv"][0], exc, log)
     outcome = supervise(proc, ctx, started)
@@ -53,7 +56,7 @@ def run(ctx: RunContext) -> RunResult:
 def task_env(ctx: RunContext) -> dict[str, str]:
     """Minimal base, then the spec's variables, then what cloudq tells every task."""
     env = {
-        "PATH": os.environ.get("PATH", DEFAULT_PATH),
+        "PATH": DEFAULT_PATH,
         "HOME": str(ctx.work_dir),
         "LANG": "C.UTF-8",
     }

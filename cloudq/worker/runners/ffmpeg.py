@@ -31,7 +31,7 @@ from cloudq.worker.runners.base import (
 from cloudq.worker.runners.capabilities import ffmpeg_encoders
 from cloudq.worker.runners.energy import EnergyMeter
 from cloudq.worker.runners.ffmpeg_args import Job, build_argv, input_url
-from cloudq.worker.runners.paths import open_input, output_path
+from cloudq.worker.runners.paths import give_task_dir, open_input, output_path
 from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
 from cloudq.worker.runners.progress import ProgressParser
 
@@ -94,13 +94,16 @@ def _encode(ctx: RunContext, job: Job, total_s: float | None, started: float) ->
     meter = EnergyMeter(ctx.gpu_indices) if job.scenario.codec.gpu else None
     parser = ProgressParser(total_s, ctx.on_progress)
     pass_fds = [job.input_fd] if job.input_fd is not None else []
+    if ctx.user is not None:  # FFmpeg parses untrusted media: never as root
+        give_task_dir(ctx.work_dir, ctx.user)
     with open_log(ctx) as log:
         if meter:
             meter.start()
         encode_start = time.monotonic()
         try:
             proc = start(build_argv(job), cwd=ctx.work_dir, env=_env(ctx, job),
-                         stdout=subprocess.PIPE, stderr=log, pass_fds=pass_fds)  # fmt: skip
+                         stdout=subprocess.PIPE, stderr=log, pass_fds=pass_fds,
+                         user=ctx.user)  # fmt: skip
         except OSError as exc:
             raise WorkerFaultError(f"ffmpeg could not start: {exc.strerror or exc}") from None
     assert proc.stdout is not None

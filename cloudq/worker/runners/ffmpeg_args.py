@@ -2,8 +2,8 @@
 
 Every value placed on the command line comes from a validated spec (numbers, allow-listed
 presets, a bitrate that matched a pattern) or from the runner itself (the input as /dev/fd/N,
-the output as an absolute `file:` path inside the task directory). No user string is ever put
-where FFmpeg could read it as an option or a protocol.
+the output as `file:./NAME` in the task directory, FFmpeg's working directory). No user string
+is ever put where FFmpeg could read it as an option or a protocol.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def build_argv(job: Job, ffmpeg: str = "ffmpeg") -> list[str]:
         *_audio(job),
         *(["-t", f"{job.duration_s:.3f}"] if job.duration_s is not None else []),
         "-f", MUXERS[job.output.suffix.lstrip(".").lower()],
-        f"file:{job.output}",
+        # Relative to FFmpeg's working directory, the task directory, which the worker enters
+        # before it drops to the task user: that user need not be able to walk its parents.
+        f"file:./{job.output.name}",
     ]  # fmt: skip
 
 

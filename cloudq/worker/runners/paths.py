@@ -11,7 +11,9 @@ import stat
 from pathlib import Path
 
 from cloudq.errors import RunnerError
+from cloudq.worker.runners import confine
 from cloudq.worker.runners.base import Fault, WorkerFaultError, fault_of
+from cloudq.worker.runners.confine import TaskUser
 
 
 def inside(path: str | Path, root: str | Path) -> bool:
@@ -55,6 +57,17 @@ def task_subdir(work_dir: Path, relative: str | None) -> Path:
     if not inside(real, root) or not os.path.isdir(real):
         raise RunnerError(f"working directory {relative!r} resolves outside the task directory")
     return Path(real)
+
+
+def give_task_dir(work_dir: Path, user: TaskUser, cwd: Path | None = None) -> None:
+    """The task directory (0700), and the working directory made in it, become the user's."""
+    try:
+        confine.own_task_dir(work_dir, user)
+        if cwd is not None:
+            confine.own_below(Path(os.path.realpath(work_dir)), cwd, user)
+    except OSError as exc:
+        raise WorkerFaultError(f"task directory {work_dir} cannot be given to {user.name}: "
+                               f"{exc.strerror or exc}") from None
 
 
 def output_path(work_dir: Path, name: str) -> Path:

@@ -6,8 +6,9 @@ SIGKILLed once more so that no background child outlives its task. The leader is
 until then (waitid with WNOWAIT), so its id, which is also the group id, cannot be reused by an
 unrelated process in between.
 
-A process that leaves the group on purpose (setsid, double fork into a new session) is beyond
-reach of this; tasks that need full confinement should use the container kind.
+A process that leaves the group on purpose (setsid, a double fork into a new session) is out
+of the group's reach; when the task runs as a task user (a root worker, confine.py), it is
+found by its uid in the worker's process tree and killed when the task ends.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cloudq.worker.runners import confine
 from cloudq.worker.runners.base import RunContext, RunStatus
+from cloudq.worker.runners.confine import TaskUser
 
 KILL_GRACE_S = 2.0  # SIGTERM to SIGKILL; cancel must end everything within 5 s
 POLL_S = 0.1  # how often cancel and the deadline are looked at while the task runs
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # when the worker itself has no PATH
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # exec tasks; FFmpeg when the worker has no PATH
 
 
 @dataclass
@@ -45,19 +48,26 @@ def start(
     stdout: IO[Any] | int,
     stderr: IO[Any] | int,
     pass_fds: Sequence[int] = (),
+    user: TaskUser | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv (never through a shell) as the leader of a new session."""
-    return subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        pass_fds=tuple(pass_fds),
-        close_fds=True,
-        start_new_session=True,
-    )
+    """Start argv (never through a shell) as the leader of a new session; as `user` (no
+    supplementary groups) when given, else as the worker."""
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=tuple(pass_fds),
+            close_fds=True,
+            start_new_session=True,
+            **({} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}),
+        )
+
+    return popen() if user is None else confine.spawn(popen, user)
 
 
 def supervise(proc: subprocess.Popen[bytes], ctx: RunContext, started: float) -> Outcome:
@@ -75,6 +85,8 @@ def supervise(proc: subprocess.Popen[bytes], ctx: RunContext, started: float) ->
             break
     _signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left behind
     code = _shell_code(proc.wait())
+    if ctx.user is not None:  # and whatever left the group: found by the task's uid
+        confine.end_leftovers(proc.pid, ctx.user)
     if stopped is None:
         stopped = RunStatus.COMPLETED if code == 0 else RunStatus.FAILED
     return Outcome(stopped, code, time.monotonic() - started)
