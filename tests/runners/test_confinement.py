@@ -88,6 +88,20 @@ def test_a_task_cannot_read_the_workers_environment_or_tls_key(confined, open_di
     assert f"cat: {key}: Permission denied" in as_nobody.log_tail
 
 
+@pytest.mark.parametrize("swap", ["ln -s {key} task.log", "ln {key} task.log", "mkfifo task.log"])
+def test_a_task_cannot_swap_its_log_for_a_secret(confined, open_dir, swap):
+    # The task owns its directory, so it can put a link to a secret (or a FIFO, which would
+    # block a reader) where task.log was; the worker reads the log's tail as root.
+    key = open_dir / "worker.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    script = f"echo before; rm -f task.log; {swap.format(key=key)}; echo after"
+    result = run_task(confined("exec", {"argv": ["sh", "-c", script]}))
+    print(f"\n{swap.split()[0]}: status {result.status}, log tail {result.log_tail!r}")
+    assert "PRIVATE KEY" not in result.log_tail
+    assert result.log_tail == ""
+
+
 def test_a_task_gets_a_fresh_environment_and_no_privileges(confined, monkeypatch):
     monkeypatch.setenv("CLOUDQ_TEST_SECRET", "do-not-leak")
     ctx = confined("exec", {"argv": ["env"], "env": {"MINE": "1"}})
