@@ -1,23 +1,56 @@
 """Connecting to the master: workers and `cloudq ctl` use this, never rpyc.ssl_connect, which
-would accept any certificate from the CA as the master."""
+would accept any certificate from the CA as the master.
+
+When a connection fails, the error names the cause an operator can act on, not the socket
+event it ended with ("closed the connection", "result expired"):
+
+- a plain client at a TLS master: the master's TLS layer drops our first RPyC frame without a
+  word, so on a failed plain connection we ask once more with a TLS ClientHello; a ServerHello
+  back means the master requires TLS;
+- our certificate refused: under TLS 1.3 the master's alert (unknown CA, expired...) comes at
+  our first read after the handshake, that is within the connection set-up, and is named there;
+  our own certificate's dates are checked before dialling, so an expired one says so plainly;
+- no answer within the timeout: said as such, and the connection is dropped without the
+  close handshake (which would wait a second timeout);
+- a reply over the frame limit (protocol.FrameTooLarge, passed through by rpyc): said as such;
+  the connection cannot be read further, so it is dropped and the next call dials again.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
 import rpyc
+from cryptography import x509
 from rpyc.core import consts
 from rpyc.core.netref import syncreq
 from rpyc.core.stream import SocketStream
 
 from cloudq import defaults
-from cloudq.errors import AuthError, CloudqError, ValidationError
+from cloudq.errors import AuthError, CloudqError, LimitError, ValidationError
 from cloudq.rpc import tls
-from cloudq.rpc.protocol import PROTOCOL_CONFIG, BoundedChannel, dumps, unwrap
+from cloudq.rpc.protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_CONFIG,
+    BoundedChannel,
+    FrameTooLarge,
+    dumps,
+    unwrap,
+)
+
+# OpenSSL's names for the alerts a TLS server sends when it does not accept a client certificate.
+_REFUSED_CERTIFICATE = {
+    "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_BAD_CERTIFICATE",
+    "TLSV1_ALERT_DECRYPT_ERROR", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_ACCESS_DENIED",
+}
+_CERT_HAS_EXPIRED = 10  # X509_V_ERR_CERT_HAS_EXPIRED, in SSLCertVerificationError.verify_code
 
 
 def parse_address(text: str, default_port: int = defaults.PORT) -> tuple[str, int]:
@@ -42,51 +75,197 @@ def _port(raw: str, text: str) -> int:
 
 
 class MasterClient:
-    """One connection to the master; `call(method, payload)` sends JSON and unwraps the reply."""
+    """One connection to the master; `call(method, payload)` sends JSON and unwraps the reply.
+    After a failure that leaves the connection unusable, the next call dials again."""
 
     def __init__(self, address: str, tls_dir: Path | None = None, identity: str = tls.ADMIN_NAME,
                  timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> None:
-        host, port = parse_address(address)
-        self.address = f"{host}:{port}"
-        sock = _dial(host, port)
-        if tls_dir is not None:
-            context = tls.client_context(tls_dir, "admin" if identity == tls.ADMIN_NAME else identity)
-            try:
-                sock = context.wrap_socket(sock, server_hostname=tls.MASTER_NAME)
-            except ssl.SSLCertVerificationError as err:
-                sock.close()
-                raise AuthError(f"{self.address} is not the cluster's master: {err.verify_message}") from None
-            except (ssl.SSLError, OSError) as err:
-                sock.close()
-                raise AuthError(f"TLS with {self.address} failed: {err}") from None
-        config = dict(PROTOCOL_CONFIG, sync_request_timeout=timeout_s)
+        self.host, self.port = parse_address(address)
+        self.address = f"{self.host}:{self.port}"
+        self.tls_dir = tls_dir
+        self.stem = "admin" if identity == tls.ADMIN_NAME else identity
+        self.timeout_s = timeout_s
+        self.conn: rpyc.Connection | None = None
+        self._sock: socket.socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.tls_dir is not None:
+            check_own_certificate(self.tls_dir, self.stem)
+        sock = _dial(self.host, self.port)
+        if self.tls_dir is not None:
+            sock = self._handshake(sock, self.tls_dir)
+        config = dict(PROTOCOL_CONFIG, sync_request_timeout=self.timeout_s)
         try:
-            self.conn = rpyc.connect_channel(BoundedChannel(SocketStream(sock)), config=config)
+            conn = rpyc.connect_channel(BoundedChannel(SocketStream(sock)), config=config)
             sock.settimeout(None)
-            self._root = self.conn.root
+            self._root = conn.root  # the first exchange: a refused certificate shows up here
         except (EOFError, OSError) as err:
             sock.close()
-            raise CloudqError(f"the master at {self.address} closed the connection: {err}") from None
+            raise self._set_up_failed(err) from None
+        self.conn, self._sock = conn, sock
+
+    def _handshake(self, sock: socket.socket, tls_dir: Path) -> socket.socket:
+        context = tls.client_context(tls_dir, self.stem)
+        try:
+            return context.wrap_socket(sock, server_hostname=tls.MASTER_NAME)
+        except ssl.SSLCertVerificationError as err:
+            sock.close()
+            if err.verify_code == _CERT_HAS_EXPIRED:
+                raise AuthError(f"the master's certificate at {self.address} has expired: "
+                                f"{err.verify_message}") from None
+            raise AuthError(f"{self.address} is not the cluster's master ({err.verify_message}): its "
+                            f"certificate is not from {tls_dir}/ca.pem; is --tls-dir this "
+                            "cluster's?") from None
+        except (ssl.SSLError, OSError) as err:
+            sock.close()
+            if _refused_certificate(err):
+                raise self._refused(err) from None
+            if _not_tls(err) and _speaks_plain(self.host, self.port):
+                raise AuthError(f"the master at {self.address} does not use TLS: leave out --tls-dir") from None
+            raise AuthError(f"TLS with {self.address} failed: {err}") from None
+
+    def _set_up_failed(self, err: BaseException) -> CloudqError | ConnectionError:
+        if isinstance(err, TimeoutError):  # rpyc's AsyncResultTimeout is the builtin TimeoutError
+            return self._timed_out()
+        if _refused_certificate(err):
+            return self._refused(err)
+        # Before FrameTooLarge: a TLS alert record read as a frame header is a huge length.
+        if self.tls_dir is None and _speaks_tls(self.host, self.port):
+            return AuthError(f"the master at {self.address} requires TLS: give --tls-dir "
+                             "(a directory with ca.pem, admin.pem and admin.key)")
+        if isinstance(err, FrameTooLarge):
+            return _too_large(self.address)
+        return CloudqError(f"the master at {self.address} closed the connection: {err}")
+
+    def _refused(self, err: BaseException) -> AuthError:
+        return AuthError(f"the master at {self.address} refused our certificate "
+                         f"({self.tls_dir}/{self.stem}.pem): not from this cluster's CA (or expired)"
+                         f" [{_alert(err)}]")
+
+    def _timed_out(self) -> ConnectionError:
+        return ConnectionError(f"the master at {self.address} did not answer within "
+                               f"{self.timeout_s:g} s")
 
     def call(self, method: str, payload: Any = None) -> Any:
+        if self.conn is None:
+            self._connect()
         try:
             # One round trip (call-attribute) instead of two (get the method, then call it). The
             # plain name: the server finds exposed_<name> with one hasattr, where the prefixed
             # name would cost it a slower static lookup first.
             reply = syncreq(self._root, consts.HANDLE_CALLATTR, method, (dumps(payload),), ())
+        except FrameTooLarge:
+            self._drop()
+            raise _too_large(self.address) from None
+        except TimeoutError:
+            self._drop()
+            raise self._timed_out() from None
         except (EOFError, OSError) as err:
+            self._drop()
             raise ConnectionError(f"lost the master at {self.address}: {err}") from None
         return unwrap(reply)
 
+    def _drop(self) -> None:
+        """Forgets a connection that cannot be used any more. The socket is shut first, so that
+        rpyc's close does not wait a full timeout for the master to acknowledge."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        self.close()
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing a dead connection must not raise
-            self.conn.close()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection must not raise
+                conn.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> MasterClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _too_large(address: str) -> LimitError:
+    return LimitError(f"the master's reply was too large (limit {MAX_FRAME_BYTES >> 20} MiB); "
+                      "ask for less, e.g. with --limit")
+
+
+def check_own_certificate(tls_dir: Path, stem: str) -> None:
+    """Refuses our own certificate when it is out of its dates: the master would refuse it with
+    an alert that cannot say which certificate, or why."""
+    path = tls_dir / f"{stem}.pem"
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return  # missing or unreadable: tls.client_context names the file
+    now = datetime.datetime.now(datetime.UTC)
+    if now > cert.not_valid_after_utc:
+        raise AuthError(f"our certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                        "issue a new one from the cluster's CA")
+    if now < cert.not_valid_before_utc:
+        raise AuthError(f"our certificate {path} is not valid before "
+                        f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check this machine's clock)")
+
+
+def _ssl_error(err: BaseException) -> ssl.SSLError | None:
+    """The SSLError behind an error: itself, or the one rpyc wrapped in EOFError."""
+    for candidate in (err, *err.args):
+        if isinstance(candidate, ssl.SSLError):
+            return candidate
+    return None
+
+
+def _refused_certificate(err: BaseException) -> bool:
+    found = _ssl_error(err)
+    return found is not None and found.reason in _REFUSED_CERTIFICATE
+
+
+def _not_tls(err: BaseException) -> bool:
+    """A handshake that ended as a server without TLS would end it: closed, reset, or
+    answered with bytes that are no TLS record."""
+    found = _ssl_error(err)
+    return isinstance(err, ssl.SSLEOFError | ConnectionResetError) or (
+        found is not None and found.reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING"))
+
+
+def _alert(err: BaseException) -> str:
+    found = _ssl_error(err)
+    return str(found.reason).lower() if found is not None and found.reason else str(err)
+
+
+def _speaks_tls(host: str, port: int) -> bool:
+    """Whether a TLS server answers at host:port: sends a ClientHello, looks for a handshake
+    record (0x16, version 3.x) in reply. Asked only after a plain connection failed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    engine = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        engine.do_handshake()
+    try:
+        with socket.create_connection((host, port), timeout=defaults.HANDSHAKE_TIMEOUT_S) as sock:
+            sock.sendall(outgoing.read())
+            reply = sock.recv(3)
+    except OSError:
+        return False
+    return len(reply) == 3 and reply[0] == 0x16 and reply[1] == 0x03
+
+
+def _speaks_plain(host: str, port: int) -> bool:
+    """Whether a master without TLS answers at host:port. Asked only after a TLS handshake failed."""
+    try:
+        with MasterClient(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                          timeout_s=defaults.HANDSHAKE_TIMEOUT_S) as probe:
+            probe.call("ping")
+    except (CloudqError, ConnectionError, OSError):
+        return False
+    return True
 
 
 def _dial(host: str, port: int) -> socket.socket:
