@@ -33,9 +33,8 @@ def test_killed_worker_task_is_requeued_within_lease_and_runs_elsewhere(cluster)
     assert pinned["state"] in ("queued", "retrying")
 
 
-def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluster, tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
+def test_master_killed_and_restarted_loses_nothing_and_runs_nothing_twice(cluster, task_writable_dir):
+    marks = task_writable_dir
     master = cluster.start_master("--lease", "10")  # the restart fits well inside the lease
     cluster.start_worker("w1", "--cpu-cores", "8", "--max-tasks", "6")
     cluster.start_worker("w2", "--cpu-cores", "8", "--max-tasks", "6")
@@ -86,11 +85,10 @@ def test_cut_off_worker_stops_its_task_before_the_lease_ends(cluster):
 
 
 
-def test_task_that_ends_while_the_master_is_down_is_reported_not_run_again(cluster, tmp_path):
+def test_task_that_ends_while_the_master_is_down_is_reported_not_run_again(cluster, task_writable_dir):
     """The outcome is kept by the worker, which registers again with it: the restarted master
     re-adopts the task and takes the outcome instead of retrying a task that has already run."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = task_writable_dir
     master = cluster.start_master("--lease", "10")
     cluster.start_worker("w1")
     task = master.ctl("task", "--exec", f"sh -c 'echo $$ >> {marks}/once; sleep 1'", "--backoff", "0")
