@@ -121,8 +121,14 @@ class MasterProc(Proc):
         return self._client
 
     def ctl(self, *argv: str) -> Any:
-        """Runs a registry command over RPC, as `cloudq ctl --json` does; returns its data."""
-        return Result.from_dict(self.client().call("call", {"argv": list(argv), "files": {}})).data
+        """Runs a registry command over RPC, as `cloudq ctl --json` does; returns its data (a
+        listing's pages joined, as ctl joins them)."""
+        page = Result.from_dict(self.client().call("call", {"argv": list(argv), "files": {}}))
+        data = page.data
+        while page.next_argv:
+            page = Result.from_dict(self.client().call("call", {"argv": page.next_argv, "files": {}}))
+            data = data + page.data
+        return data
 
     def task(self, task_id: str) -> dict[str, Any]:
         return self.ctl("show", task_id)
