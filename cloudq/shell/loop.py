@@ -59,8 +59,8 @@ class Shell:
                     return
                 if line.strip() and not self.run_line(line):
                     return
-            except KeyboardInterrupt:  # Ctrl-C between the steps above: nothing to stop
-                continue
+            except KeyboardInterrupt:  # Ctrl-C between the steps above: no command had started
+                self._say("interrupted")
 
     def run_line(self, line: str) -> bool:
         """Runs one line; False when the shell should end (quit)."""
