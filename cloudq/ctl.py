@@ -25,13 +25,14 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
         parse(argv)  # refuse a bad line here, before connecting
         files = files_to_send(argv)
         with MasterClient(master, tls_dir, timeout_s=timeout_s) as client:
-            first = _call(client, argv, files)
+            pages = command_pages(client, argv, files)
+            first = next(pages)
             if first.next_argv is None:
                 _print_whole(first, as_json)
             elif as_json:
-                _stream_json(_pages(client, first))
+                _stream_json(first, pages)
             else:
-                _print_table(_pages(client, first))
+                print(render(_joined(first, pages)))
     except (CloudqError, ConnectionError) as err:
         sys.stdout.flush()
         print(render_error(err), file=sys.stderr)
@@ -39,21 +40,33 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
     return 0
 
 
-def _call(client: MasterClient, argv: list[str], files: dict[str, str]) -> Result:
-    return Result.from_dict(client.call("call", {"argv": argv, "files": files}))
+def call_command(client: MasterClient, argv: list[str], files: dict[str, str] | None = None) -> Result:
+    """Runs one command line on the master; a listing that comes in pages is returned whole."""
+    pages = command_pages(client, argv, files or {})
+    return _joined(next(pages), pages)
 
 
-def _pages(client: MasterClient, first: Result) -> Iterator[Result]:
-    page = first
+def command_pages(client: MasterClient, argv: list[str], files: dict[str, str]) -> Iterator[Result]:
+    """The Result of a command line, then the further pages of its listing, if any."""
+    page = Result.from_dict(client.call("call", {"argv": argv, "files": files}))
     yield page
     while page.next_argv:
         argv = page.next_argv
         if not (isinstance(argv, list) and all(isinstance(word, str) for word in argv)):
             raise CloudqError("the master sent a malformed next-page line")
-        page = _call(client, argv, {})
+        page = Result.from_dict(client.call("call", {"argv": argv, "files": {}}))
         if not page.rows and page.next_argv:  # an empty page that promises more: stop looping
             raise CloudqError("the master sent an empty page of a listing")
         yield page
+
+
+def _joined(first: Result, pages: Iterator[Result]) -> Result:
+    """One Result of every page: the first page's title and status, every row and record."""
+    for page in pages:
+        first.rows.extend(page.rows)
+        first.data.extend(page.data or [])
+    first.next_argv = None
+    return first
 
 
 def _print_whole(result: Result, as_json: bool) -> None:
@@ -65,20 +78,14 @@ def _print_whole(result: Result, as_json: bool) -> None:
         print(render(result))
 
 
-def _stream_json(pages: Iterator[Result]) -> None:
+def _stream_json(first: Result, pages: Iterator[Result]) -> None:
+    """The JSON list of every page's records, written as the pages arrive."""
     def items() -> Iterator[object]:
+        yield from first.data or []
         for page in pages:
-            yield from page.data or []
             sys.stdout.flush()
+            yield from page.data or []
 
     for chunk in json_list_chunks(items()):
         sys.stdout.write(chunk)
     sys.stdout.write("\n")
-
-
-def _print_table(pages: Iterator[Result]) -> None:
-    """One table from every page: its column widths need every row, so the rows are gathered."""
-    whole = next(pages)
-    for page in pages:
-        whole.rows.extend(page.rows)
-    print(render(whole))
