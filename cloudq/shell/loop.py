@@ -22,6 +22,7 @@ from cloudq.shell.history import ShellHistory
 from cloudq.shell.jobs import Job
 
 PROMPT = "master> "
+MAX_PROMPT_FAILURES = 3
 
 
 def run_shell(master: Any, address: str) -> None:
@@ -48,15 +49,23 @@ class Shell:
         self._lock = threading.Lock()
 
     def loop(self) -> None:
+        failures = 0  # of the prompt itself, in a row
         while True:
             try:
                 self._print_pending()
                 try:
                     line = self.session.prompt(PROMPT)
+                    failures = 0
                 except KeyboardInterrupt:
                     continue  # Ctrl-C at the prompt: the line is dropped
                 except EOFError:
                     return
+                except Exception as err:  # a key the prompt cannot handle must not stop the master
+                    failures += 1
+                    if failures >= MAX_PROMPT_FAILURES:  # no usable terminal: leave as Ctrl-D would
+                        raise
+                    self._error(f"the prompt failed ({type(err).__name__}: {err}); the line is dropped")
+                    continue
                 if line.strip() and not self.run_line(line):
                     return
             except KeyboardInterrupt:  # Ctrl-C between the steps above: no command had started
