@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,14 +47,3 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         c.stop()
 
-
-@pytest.fixture
-def task_writable_dir() -> Iterator[Path]:
-    """A directory tasks may write into: a root worker runs them as an unprivileged user, who
-    cannot enter pytest's 0700 temporary directories."""
-    directory = Path(tempfile.mkdtemp(prefix="cloudq-marks-"))
-    directory.chmod(0o777)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

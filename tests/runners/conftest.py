@@ -61,20 +61,6 @@ def make_ctx(tmp_path: Path) -> Callable[..., RunContext]:
     return make
 
 
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory that task users (nobody, other uids) may enter, unlike pytest's tmp_path,
-    whose parents are 0700: where confined tasks get their directories."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="cloudq-test-"))
-    path.chmod(0o711)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def ffmpeg_tools() -> None:
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]

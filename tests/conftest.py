@@ -1,0 +1,33 @@
+"""Fixtures every test folder may use."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _outside_tmp_path(mode: int) -> Iterator[Path]:
+    """A fresh directory under the system's temporary folder with `mode`: a root worker runs
+    tasks as an unprivileged user, who cannot enter pytest's tmp_path (its parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="cloudq-test-"))
+    path.chmod(mode)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory task users may enter (not write): where confined tasks get their directories."""
+    yield from _outside_tmp_path(0o711)
+
+
+@pytest.fixture
+def task_writable_dir() -> Iterator[Path]:
+    """A directory tasks may write into."""
+    yield from _outside_tmp_path(0o777)
