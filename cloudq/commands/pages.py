@@ -93,16 +93,18 @@ class Snapshots:
 SNAPSHOTS = Snapshots()
 
 
-def task_listing(ctx: Context, views: list[dict[str, Any]], columns: list[str], title: str,
+def task_listing(ctx: Context, ids: list[str], columns: list[str], title: str,
                  status: str = "") -> Result:
-    """A Result listing task views under `columns`: all of them in the shell, the first page over
-    RPC (with the line for the next one when they do not all fit)."""
+    """A Result listing tasks (by id, in order) under `columns`: all of them in the shell, the
+    first page over RPC (with the line for the next one when they do not all fit). Views are
+    made as the page fills, so a long listing costs its first page, not all of it."""
+    views = _current_views(ctx.master, ids)
     if ctx.local:
-        return _result(views, columns, title, status)
+        return _result([v for v in views if v is not None], columns, title, status)
     page, read = _fill(views)
-    if read == len(views):
+    if read == len(ids):
         return _result(page, columns, title, status)
-    cursor = SNAPSHOTS.keep(ctx.master, [v["id"] for v in views], columns)
+    cursor = SNAPSHOTS.keep(ctx.master, ids, columns)
     return _result(page, columns, title, status, _next(cursor, read))
 
 

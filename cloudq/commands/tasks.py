@@ -47,9 +47,9 @@ def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
         raise ValidationError(f"{args.file} has no tasks")
     ctx.note(f"submitting {len(requests)} tasks from {args.file}")
     tasks = ctx.master.submit(requests)
-    views = [ctx.master.view(t) for t in tasks]
     ids = tasks[0].id if len(tasks) == 1 else f"{tasks[0].id} to {tasks[-1].id}"
-    return task_listing(ctx, views, SUBMIT_COLUMNS, f"Submitted {len(tasks)} tasks", f"ids {ids}")
+    return task_listing(ctx, [t.id for t in tasks], SUBMIT_COLUMNS, f"Submitted {len(tasks)} tasks",
+                        f"ids {ids}")
 
 
 def _id_argument(parser: CommandParser) -> None:
@@ -115,10 +115,10 @@ def _queue_arguments(parser: CommandParser) -> None:
 def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
     if args.cursor is not None:
         return next_page(ctx, args.cursor, args.offset)
-    views = ctx.master.listing(args.state, args.limit)
+    ids = ctx.master.listing_ids(args.state, args.limit)
     total = ctx.master.counts()
     shown = args.state or "unfinished"
-    return task_listing(ctx, views, TASK_COLUMNS, f"{len(views)} {shown} tasks",
+    return task_listing(ctx, ids, TASK_COLUMNS, f"{len(ids)} {shown} tasks",
                         ", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
 
 

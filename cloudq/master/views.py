@@ -70,18 +70,22 @@ class Views(MasterState):
     def listing(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Tasks for `queue`: one state, or everything unfinished in the order it is served."""
         with self._lock:
+            return [self.view(self.tasks[i]) for i in self.listing_ids(state, limit)]
+
+    def listing_ids(self, state: str | None = None, limit: int = 200) -> list[str]:
+        """The ids `listing` would show, in its order: cheap, so a long listing read in pages
+        builds each view only when its page is sent, not all of them under the lock."""
+        with self._lock:
             if state == S.QUEUED.value:
-                chosen = [self.tasks[i] for i in itertools.islice(self.backlog.ordered(), limit)]
-            elif state:
-                chosen = [t for t in self.tasks.values() if t.state.value == state][-limit:]
-            else:
-                by_state: dict[TaskState, list[Task]] = {}
-                for task in self.tasks.values():
-                    if task.state in _UNFINISHED_ORDER and task.state is not S.QUEUED:
-                        by_state.setdefault(task.state, []).append(task)
-                by_state[S.QUEUED] = [self.tasks[i] for i in itertools.islice(self.backlog.ordered(), limit)]
-                chosen = [t for s in _UNFINISHED_ORDER for t in by_state.get(s, [])][:limit]
-            return [self.view(t) for t in chosen]
+                return list(itertools.islice(self.backlog.ordered(), limit))
+            if state:
+                return [t.id for t in self.tasks.values() if t.state.value == state][-limit:]
+            by_state: dict[TaskState, list[str]] = {}
+            for task in self.tasks.values():
+                if task.state in _UNFINISHED_ORDER and task.state is not S.QUEUED:
+                    by_state.setdefault(task.state, []).append(task.id)
+            by_state[S.QUEUED] = list(itertools.islice(self.backlog.ordered(), limit))
+            return [i for s in _UNFINISHED_ORDER for i in by_state.get(s, [])][:limit]
 
     def log_tail(self, task_id: str) -> str:
         with self._lock:

@@ -26,8 +26,8 @@ NOTE_AFTER_S = 0.5  # a command running longer than this says what it is doing
 
 # Master methods that only read. Every other method is taken as a change: a method added to the
 # master later is safe by default (at worst a read is reported as a change going on).
-READS = frozenset({"get", "view", "story", "why", "listing", "log_tail", "worker_views",
-                   "summary", "counts", "queued"})
+READS = frozenset({"get", "view", "story", "why", "listing", "listing_ids", "log_tail",
+                   "worker_views", "summary", "counts", "queued"})
 
 
 class Gate:
