@@ -130,6 +130,10 @@ class MasterClient:
             return self._timed_out()
         if _refused_certificate(err):
             return self._refused(err)
+        if self.tls_dir is not None and _cut_off(err):
+            # The master's alert can be lost: it closes at once, and a reset drops the alert
+            # still unread here. Right after a handshake it signed, that means our certificate.
+            return self._refused(err)
         # Before FrameTooLarge: a TLS alert record read as a frame header is a huge length.
         if self.tls_dir is None and _speaks_tls(self.host, self.port):
             return AuthError(f"the master at {self.address} requires TLS: give --tls-dir "
@@ -224,6 +228,12 @@ def _ssl_error(err: BaseException) -> ssl.SSLError | None:
 def _refused_certificate(err: BaseException) -> bool:
     found = _ssl_error(err)
     return found is not None and found.reason in _REFUSED_CERTIFICATE
+
+
+def _cut_off(err: BaseException) -> bool:
+    """The connection ended under us (EOF inside TLS, a reset), rather than with an answer."""
+    return any(isinstance(e, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError)
+               for e in (err, *err.args))
 
 
 def _not_tls(err: BaseException) -> bool:
