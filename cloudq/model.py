@@ -211,6 +211,7 @@ class Task:
     seq: int = 0  # submission order: FIFO within queue class and priority
     attempt: int = 0  # fencing token: bumped on every assignment
     placement_attempts: int = 0
+    unstarted: int = 0  # attempts its worker never started: they do not use up retries
     last_error: str | None = None
     reason: str | None = None  # why it is waiting, in words
     worker: str | None = None
@@ -254,6 +255,7 @@ class Task:
         """The master's bookkeeping: what changes as the task moves."""
         return {
             "state": self.state, "attempt": self.attempt, "placement_attempts": self.placement_attempts,
+            "unstarted": self.unstarted,
             "last_error": self.last_error, "reason": self.reason, "worker": self.worker,
             "tried_workers": list(self.tried_workers), "updated_at": self.updated_at,
             "queued_at": self.queued_at, "started_at": self.started_at, "finished_at": self.finished_at,

@@ -266,6 +266,7 @@ class Delivery(MasterState):
         self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
         why = f"{task.worker} did not start it within {self.config.start_deadline_s:g}s"
         task.last_error = why
+        task.unstarted += 1
         self._release(task)
         if record is not None:
             self._worker_failed(record, why)

@@ -10,6 +10,7 @@ import pytest
 
 from cloudq.errors import LimitError
 from cloudq.rpc.client import MasterClient
+from tests.cluster.harness import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -116,3 +117,33 @@ def test_users_own_failures_never_quarantine_workers(cluster, tmp_path):
     assert set(statuses.values()) <= {"available", "busy"}
     echo = master.ctl("task", "--exec", "echo still working")["id"]
     assert master.wait_state(echo, "completed", timeout=30)
+
+
+def _run_batch(master, count: int) -> float:
+    """Submits `count` no-ops and returns the seconds until all of them have completed."""
+    before = master.ctl("status")["tasks"]["completed"]
+    started = time.monotonic()
+    master.client().call("submit", {"tasks": [{"kind": "noop", "retry_backoff_s": 0}] * count})
+    wait_until(lambda: master.ctl("status")["tasks"]["completed"] >= before + count, 90,
+               f"{count} no-ops to complete", every=0.1)
+    return time.monotonic() - started
+
+
+def test_a_good_worker_keeps_working_beside_capacity_advertising_ghosts(cluster):
+    master = cluster.start_master("--start-deadline", "2", "--interval", "1", "--lease", "60")
+    cluster.start_worker("zz-good", "--max-tasks", "8")
+    alone = _run_batch(master, 300)
+    peers = [MasterClient(master.address) for _ in range(5)]
+    try:
+        for index in range(20):  # named to come first: placement tries them before the good one
+            _register(peers[index // 4], f"a-ghost-{index}", cpu_cores=64.0, max_tasks=64)
+        attacked = _run_batch(master, 300)
+    finally:
+        for peer in peers:
+            peer.close()
+    ghosts = [w for w in master.ctl("workers") if w["name"].startswith("a-ghost")]
+    print(f"\n300 no-ops on the good worker: {300 / alone:.0f} tasks/s alone, {300 / attacked:.0f} "
+          f"tasks/s beside 20 ghosts advertising 1,280 slots ({attacked:.1f}s, start deadline 2s); "
+          f"ghosts quarantined: {sum(w['status'] == 'quarantined' for w in ghosts)}/20")
+    assert attacked < 30
+    assert all(w["status"] in ("quarantined", "offline") for w in ghosts)

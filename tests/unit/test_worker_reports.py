@@ -89,6 +89,23 @@ def test_an_assignment_that_never_starts_goes_back_to_the_queue(master, clock):
     assert task.state is S.ASSIGNED and task.worker == "good" and task.attempt == 6
 
 
+def test_unstarted_attempts_do_not_use_up_retries(master, clock):
+    for i in range(2):
+        worker(master, f"ghost-{i}", max_tasks=1)
+    (task,) = master.submit([noop(retry_backoff_s=0, max_retries=1)])
+    for _ in range(4):  # the peers in turn take it and sit on it
+        clock.now += 31
+        for i in range(2):
+            master.heartbeat(f"ghost-{i}", {"cpu_percent": 1.0})
+        master.timers()
+    assert task.state is S.ASSIGNED and task.unstarted == 4 and task.attempt == 5
+    worker(master, "good")
+    clock.now += 31
+    master.heartbeat("good", {"cpu_percent": 1.0})
+    master.timers()  # the fifth ghost turn ends; with max_retries 1 it would long be dead
+    assert task.state is S.ASSIGNED and task.worker == "good" and task.attempt == 6
+
+
 def test_worker_facts_and_samples_are_bounded(master):
     huge = "x" * (1 << 20)
     worker(master, "w", host=huge, junk={"a": huge}, tools={"encoders": [huge] * 10_000},
