@@ -5,7 +5,9 @@
     again) and dead (retries exhausted: the dead-letter list).
 
 Any move not in the table raises TransitionError naming the task and its last events, so a
-bug shows up as a story, not as a silently corrupted queue.
+bug shows up as a story, not as a silently corrupted queue. Each allowed move also says what
+bookkeeping it carries (EFFECTS): the master applies it in one place, so no caller pairs a
+move with its effects by hand.
 """
 
 from __future__ import annotations
@@ -19,26 +21,22 @@ from cloudq.model import Task, TaskState
 
 S = TaskState
 
-# (from, to): what the move means. The only source of truth for what may happen to a task.
+# (from, to): what the move means. The only source of truth for what may happen to a task;
+# only moves some code path makes are listed.
 ALLOWED: dict[tuple[TaskState, TaskState], str] = {
     (S.PENDING, S.QUEUED): "accepted",
-    (S.PENDING, S.HELD): "submitted on hold",
     (S.QUEUED, S.ASSIGNED): "placed on a worker",
     (S.QUEUED, S.HELD): "held by an operator",
     (S.QUEUED, S.CANCELLED): "cancelled while queued",
     (S.QUEUED, S.FAILED): "expired in the queue",
     (S.ASSIGNED, S.RUNNING): "started by the worker",
-    (S.ASSIGNED, S.QUEUED): "handed back before it started",
     (S.ASSIGNED, S.RETRYING): "lost before it started; will retry",
     (S.ASSIGNED, S.DEAD): "lost before it started; no retries left",
-    (S.ASSIGNED, S.FAILED): "refused by the worker",
     (S.ASSIGNED, S.CANCELLED): "cancelled before it started",
     (S.RUNNING, S.COMPLETED): "finished successfully",
-    (S.RUNNING, S.FAILED): "failed, not retryable",
     (S.RUNNING, S.RETRYING): "failed or lost; will retry",
     (S.RUNNING, S.DEAD): "failed or lost; no retries left",
     (S.RUNNING, S.CANCELLED): "cancelled while running",
-    (S.RUNNING, S.QUEUED): "handed back by the worker",
     (S.RETRYING, S.QUEUED): "back-off over",
     (S.RETRYING, S.HELD): "held by an operator",
     (S.RETRYING, S.CANCELLED): "cancelled while waiting to retry",
@@ -48,6 +46,30 @@ ALLOWED: dict[tuple[TaskState, TaskState], str] = {
     (S.DEAD, S.QUEUED): "retried by an operator",
     (S.CANCELLED, S.QUEUED): "retried by an operator",
 }
+
+
+class Effects(NamedTuple):
+    """The bookkeeping one move carries besides the new state, applied by the master's _move."""
+
+    dequeue: bool  # leaves the queue: out of the backlog
+    release: bool  # leaves a worker: its booking and its named locks are freed
+    enqueue: bool  # enters the queue: into the backlog, queue time starts again
+    finish: bool  # enters a final state: finished_at is stamped (pruning counts from it)
+
+
+def _effects(src: TaskState, dst: TaskState) -> Effects:
+    # A task cancelled on a worker keeps its booking and is not finished until the worker
+    # confirms it stopped: the master frees it then (not a move, the state stays cancelled).
+    cancel_on_worker = src.is_active and dst is S.CANCELLED
+    return Effects(
+        dequeue=src is S.QUEUED,
+        release=src.is_active and not dst.is_active and not cancel_on_worker,
+        enqueue=dst is S.QUEUED,
+        finish=dst.is_final and not cancel_on_worker,
+    )
+
+
+EFFECTS: dict[tuple[TaskState, TaskState], Effects] = {pair: _effects(*pair) for pair in ALLOWED}
 
 
 class Event(NamedTuple):

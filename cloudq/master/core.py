@@ -45,7 +45,6 @@ class Master(Delivery, Views):
                 self.tasks[task.id] = task
                 self._counts[S.PENDING] += 1
                 self._move(task, S.QUEUED, now, "submitted")
-                self._enqueue(task, since=now)
             self._place(now)
         return tasks
 
@@ -54,14 +53,9 @@ class Master(Delivery, Views):
             task = self.get(task_id)
             if task.state.is_final:
                 raise ValidationError(f"task {task_id} is already {task.state.value}")
-            if task.state is S.QUEUED:
-                self.backlog.remove(task.id)
-            if task.state.is_active:
+            if task.state.is_active:  # finished when the worker confirms the kill
                 self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-            holds_worker = task.state.is_active
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
-            if not holds_worker:  # otherwise finished when the worker confirms the kill
-                task.finished_at = now
         return task
 
     def release_worker(self, name: str) -> None:

@@ -69,7 +69,7 @@ class Delivery(MasterState):
             if task.state.is_active and task.worker == record.name:
                 self._lost(task, now, f"{record.name} restarted without it")
             elif task.state is S.CANCELLED:
-                self._release(task)
+                self._stopped(task, now)
         return stop
 
     def _make_room_for_a_worker(self, now: float) -> None:
@@ -153,11 +153,9 @@ class Delivery(MasterState):
             return False
         if task.state is S.CANCELLED:  # the worker confirms it stopped: free what it held
             if report.is_outcome:
-                self._release(task)
-                task.finished_at = now
                 task.result = report.result or None
                 self.live_logs.pop(task.id, None)
-                self._dirty[task.id] = task
+                self._stopped(task, now)
             return True
         if not task.state.is_active:
             return False
@@ -176,8 +174,6 @@ class Delivery(MasterState):
         outcome, result = report.state, report.result or {}
         task.result = result
         self.live_logs.pop(task.id, None)
-        task.finished_at = now
-        self._release(task)
         if outcome == "completed":
             record.consecutive_failures = 0
             self._move(task, S.COMPLETED, now, f"completed on {record.name}")
@@ -257,7 +253,6 @@ class Delivery(MasterState):
 
     def _requeue(self, task: Task, now: float) -> None:
         self._move(task, S.QUEUED, now)
-        self._enqueue(task)
 
     def _not_started(self, task: Task, now: float) -> None:
         """Assigned, but its worker never said it started: a worker that takes work and sits
@@ -267,21 +262,17 @@ class Delivery(MasterState):
         why = f"{task.worker} did not start it within {self.config.start_deadline_s:g}s"
         task.last_error = why
         task.unstarted += 1
-        self._release(task)
         if record is not None:
             self._worker_failed(record, why)
         self._retry_or_bury(task, now, why)
 
     def _expire_queued(self, task: Task, now: float) -> None:
-        self.backlog.remove(task.id)
         task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
-        task.finished_at = now
         self._move(task, S.FAILED, now, task.last_error)
 
     def _time_out(self, task: Task, now: float) -> None:
         self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
         task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
-        self._release(task)
         self._retry_or_bury(task, now, task.last_error)
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
@@ -294,7 +285,7 @@ class Delivery(MasterState):
             elif task.state.is_active:
                 self._lost(task, now, f"{record.name} missed its lease of {self.config.lease_s:g}s")
             else:
-                self._release(task)
+                self._stopped(task, now)
 
 
 def _checked(worker: str, reports: list[Any], now: float) -> tuple[list[Report], list[str]]:

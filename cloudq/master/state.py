@@ -1,8 +1,10 @@
 """The master's state and the primitives every operation is built from.
 
 Everything the master knows lives in a MasterState: tasks, workers and their ledgers, the
-backlog, locks and the audit log. Its helpers apply one move (`_move`), book and release
-capacity, run a placement pass and hand the operation's changes to the journal (`_flush`).
+backlog, locks and the audit log. Its helpers apply one move (`_move`, the only writer of the
+bookkeeping a move carries: the backlog, bookings and locks, finished_at; see
+transitions.EFFECTS), run a placement pass and hand the operation's changes to the journal
+(`_flush`).
 The operations themselves are in core.py (submit, cancel, operator controls), delivery.py
 (workers: registration, instructions, reports, leases) and views.py (what operators read).
 
@@ -29,10 +31,10 @@ from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import FINAL_STATES, Task, TaskState
+from cloudq.model import Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
 from cloudq.specs import capabilities_of
-from cloudq.transitions import Event, EventLog, move
+from cloudq.transitions import EFFECTS, Event, EventLog, move
 
 S = TaskState
 _RETRYING = S.RETRYING  # a module constant: _move runs for every change of every task
@@ -151,21 +153,18 @@ class MasterState:
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
-        self._release(task)
         self._retry_or_bury(task, now, why)
 
     def _retry_or_bury(self, task: Task, now: float, why: str) -> None:
         if task.worker and task.worker not in task.tried_workers:
             task.tried_workers.append(task.worker)
         if not retry.retries_left(task):
-            task.finished_at = now
             self._move(task, S.DEAD, now, f"{why}; no retries left after {task.attempt} attempts")
             return
         task.not_before = now + retry.backoff_s(task, self.rng)
         self._move(task, S.RETRYING, now, why)
         if task.not_before <= now:
             self._move(task, S.QUEUED, now)
-            self._enqueue(task)
 
     # ------------------------------------------------------------------ placement
     @contextlib.contextmanager
@@ -258,6 +257,19 @@ class MasterState:
             record.ledger.release(task.id)
         self.locks.release(task.id, task.locks)
 
+    def _stopped(self, task: Task, now: float) -> None:
+        """A task cancelled on its worker is known to have stopped there (the worker said so,
+        came back without it, or lost its lease): what it held is freed and it is finished.
+        Not a move: it was cancelled when the operator asked."""
+        self._release(task)
+        if task.finished_at is None:
+            self._stamp_finished(task, now)
+        self._dirty[task.id] = task
+
+    def _stamp_finished(self, task: Task, now: float) -> None:
+        task.finished_at = now
+        self._finished.append((now, task.id))
+
     def _tell(self, worker: str | None, instruction: dict[str, Any]) -> None:
         record = self.workers.get(worker or "")
         if record is None or not record.connected:
@@ -269,11 +281,19 @@ class MasterState:
     def _move(self, task: Task, dst: TaskState, now: float, reason: str | None = None) -> None:
         src = task.state
         event = move(task, dst, now=now, reason=reason, history=self.events.story)
+        effects = EFFECTS[(src, dst)]
+        if effects.dequeue:
+            self.backlog.remove(task.id)  # a placed task was already popped: a cheap miss
+        if effects.release:
+            self._release(task)
+        if effects.enqueue:
+            task.finished_at = None  # an operator's retry: the task is not finished any more
+            self._enqueue(task, since=now)
+        elif effects.finish:
+            self._stamp_finished(task, now)
         counts = self._counts
         counts[src] -= 1
         counts[dst] += 1
-        if dst in FINAL_STATES:
-            self._finished.append((now, task.id))
         if dst is _RETRYING:
             self._retrying.add(task.id)
         elif src is _RETRYING:

@@ -370,3 +370,25 @@ def test_finished_tasks_are_forgotten_after_keep_finished_and_ids_never_reused(c
     again.restore([running.to_dict()], [], {"last_seq": 2})
     (fresh,) = again.submit([noop()])
     assert fresh.id == "t3"
+
+
+def test_a_cancelled_task_is_finished_and_prunable_once_its_worker_confirms(clock):
+    master = Master(config=MasterConfig(keep_finished_s=60.0, lease_s=1e9), clock=clock)
+    s = worker(master, "w", max_tasks=1)
+    (task,) = master.submit([noop()])
+    master.cancel(task.id)
+    assert task.finished_at is None and master.workers["w"].ledger.bookings  # still held
+    clock.now += 5
+    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "cancelled"}])
+    assert task.finished_at == clock.now and not master.workers["w"].ledger.bookings
+    clock.now += 61
+    master.tick()
+    assert task.id not in master.tasks
+
+
+def test_a_failed_attempt_that_will_retry_is_not_marked_finished(master):
+    s = worker(master, "w", max_tasks=1)
+    (task,) = master.submit([noop(retry_backoff_s=60)])
+    master.report("w", s, [{"task": task.id, "attempt": 1, "state": "failed", "result": {"error": "x"}}])
+    assert task.state is S.RETRYING and task.finished_at is None
+    assert not master.workers["w"].ledger.bookings

@@ -60,3 +60,22 @@ def test_event_log_is_bounded():
         task.state = S.QUEUED
         log.add(move(task, S.HELD, now=float(i)))
     assert len(log) == 3 and len(log.story("t1")) == 2
+
+
+def test_effects_follow_from_the_states_a_move_leaves_and_enters():
+    from cloudq.transitions import EFFECTS
+
+    assert set(EFFECTS) == set(ALLOWED)
+    for (src, dst), fx in EFFECTS.items():
+        assert fx.enqueue == (dst is S.QUEUED) and fx.dequeue == (src is S.QUEUED)
+        if src.is_active and dst is S.CANCELLED:  # kept until the worker confirms the kill
+            assert not fx.release and not fx.finish
+        else:
+            assert fx.release == (src.is_active and not dst.is_active)
+            assert fx.finish == dst.is_final
+
+
+def test_no_move_is_allowed_that_nothing_makes():
+    unused = {(S.PENDING, S.HELD), (S.ASSIGNED, S.QUEUED), (S.ASSIGNED, S.FAILED),
+              (S.RUNNING, S.FAILED), (S.RUNNING, S.QUEUED)}
+    assert not unused & set(ALLOWED)
