@@ -56,24 +56,26 @@ class Ledger:
         return self.max_tasks - len(self.bookings)
 
     def misfit(self, need: Resources) -> str | None:
-        """Why `need` does not fit in what is free now, or None when it fits."""
+        """Why `need` does not fit in what is free now (every resource that is short, not only
+        the first), or None when it fits."""
         if self.slots_free <= 0:
             return f"Worker full: running {len(self.bookings)} of max {self.max_tasks} tasks"
+        short = []
         if need.cpu_cores > self.free_cpu + EPSILON:
-            return _insufficient("CPU", self.free_cpu, need.cpu_cores)
+            short.append(_insufficient("CPU", self.free_cpu, need.cpu_cores))
         if need.mem_gb > self.free_mem + EPSILON:
-            return _insufficient("memory", self.free_mem, need.mem_gb, " GB")
+            short.append(_insufficient("memory", self.free_mem, need.mem_gb, " GB"))
         if need.storage_gb > self.free_storage + EPSILON:
-            return _insufficient("storage", self.free_storage, need.storage_gb, " GB")
+            short.append(_insufficient("storage", self.free_storage, need.storage_gb, " GB"))
         if need.gpus:
             usable = self._gpus_with(need.gpu_mem_gb)
             if len(usable) < need.gpus:
                 detail = f" with {need.gpu_mem_gb:.2f} GB each" if need.gpu_mem_gb else ""
-                return (
+                short.append(
                     f"Insufficient GPUs: worker has {len(usable)} available{detail}, "
                     f"task requires {need.gpus}"
                 )
-        return None
+        return "; ".join(short) if short else None
 
     def misfit_when_empty(self, need: Resources) -> str | None:
         """Whether `need` could ever fit here, ignoring current bookings."""

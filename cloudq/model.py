@@ -114,6 +114,11 @@ def _optional_seconds(what: str, value: Any) -> float | None:
     return seconds
 
 
+def choice(cls: type[StrEnum], what: str, value: Any) -> Any:
+    """A member of `cls` from its value, or a ValidationError listing the choices."""
+    return _enum(cls, what, value)
+
+
 def _enum(cls: type[StrEnum], what: str, value: Any) -> Any:
     try:
         return cls(value)

@@ -14,11 +14,11 @@ A pass costs O(shapes + placements x open workers), never O(queued tasks).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from cloudq import defaults
-from cloudq.ledger import Ledger, LockTable
+from cloudq.ledger import EPSILON, Ledger, LockTable
 from cloudq.model import LockSpec, Resources, Task
 from cloudq.queue import Key, TaskQueue
 
@@ -116,6 +116,19 @@ class Backlog:
         runs = [group.ordered() for group in self._groups.values()]
         return (task_id for _, task_id in heapq.merge(*runs))
 
+    def waiting_on(self, lock: str) -> Iterator[str]:
+        """The queued ids that ask for lock `lock`, in queue order: only their shapes are read."""
+        runs = [group.ordered() for shape, group in self._groups.items()
+                if any(spec.name == lock for spec in shape.key[3])]
+        return (task_id for _, task_id in heapq.merge(*runs))
+
+    def lock_names(self) -> set[str]:
+        """Every lock some queued task asks for."""
+        return {spec.name for shape in self._groups for spec in shape.key[3]}
+
+    def shape_of(self, task_id: str) -> Shape | None:
+        return self._shape_of.get(task_id)
+
     def shapes(self) -> int:
         return len(self._groups)
 
@@ -154,6 +167,50 @@ def explain(task: Task, ledgers: Iterable[Ledger], required: frozenset[str]) -> 
     return out
 
 
+def never_fits(task: Task, ledgers: Iterable[Ledger], required: frozenset[str]) -> str | None:
+    """Why no registered worker could run `task` even with nothing else on it, or None when
+    one could (then it waits for room, which is another thing to tell an operator). Offline
+    workers count: they are expected back with what they registered."""
+    target = task.target_worker
+    candidates = [ledger for ledger in ledgers if target in (None, ledger.name)]
+    if not candidates:
+        return None  # no workers, or the target has not registered: the reason says so
+    lacking: dict[str, str] = {}
+    roomy = []
+    for ledger in candidates:
+        why = static_misfit(task, ledger, required)
+        if why:
+            lacking[ledger.name] = why
+        elif ledger.misfit_when_empty(task.resources) is None:
+            return None
+        else:
+            roomy.append(ledger)
+    if not roomy:
+        shown = "; ".join(f"{name}: {why}" for name, why in sorted(lacking.items())[:3])
+        return shown if target else f"no registered worker can run it: {shown}"
+    return _short_of(task.resources, roomy, target)
+
+
+def _short_of(need: Resources, ledgers: list[Ledger], target: str | None) -> str:
+    """What the task needs beyond the biggest worker, each resource in its own words:
+    "needs 8 cores; the largest worker has 4"."""
+    who = target or "the largest worker"
+    gpus = max(sum(mem + EPSILON >= need.gpu_mem_gb for mem in ledger.gpu_mem_gb) for ledger in ledgers)
+    gpu_noun = f"GPUs with {need.gpu_mem_gb:g} GB each" if need.gpu_mem_gb else "GPUs"
+    checks = (  # (needed, most any worker has, unit, noun)
+        (need.cpu_cores, max(ledger.cpu_cores for ledger in ledgers), "", "cores"),
+        (need.mem_gb, max(ledger.mem_gb for ledger in ledgers), " GB", "memory"),
+        (need.storage_gb, max(ledger.storage_gb for ledger in ledgers), " GB", "storage"),
+        (need.gpus, gpus, "", gpu_noun),
+    )
+    parts = [f"needs {want:g}{unit} {noun}; {who} has {have:g}{unit}"
+             for want, have, unit, noun in checks if want > have + EPSILON]
+    if parts:
+        return "; ".join(parts)
+    return (f"no registered worker has {need.cpu_cores:g} cores, {need.mem_gb:g} GB memory, "
+            f"{need.storage_gb:g} GB storage and {need.gpus} {gpu_noun} at once")
+
+
 def summarise(reasons: Mapping[str, str], workers: int, limit: int = 3) -> str:
     if workers == 0:
         return "No workers available"
@@ -177,9 +234,11 @@ class Scheduler:
         ledgers: Mapping[str, Ledger],
         locks: LockTable,
         now: float,
+        absent: Callable[[str], str] | None = None,
     ) -> list[Placement]:
         """One pass: books placed tasks on their ledgers and locks, pops them from the backlog,
-        records why each blocked shape waits, and returns the placements."""
+        records why each blocked shape waits, and returns the placements. `absent(name)` says
+        why a task's target worker is not among `ledgers` (offline, never registered)."""
         open_workers = [ledger for ledger in ledgers.values() if ledger.slots_free > 0]
         open_workers.sort(key=lambda ledger: ledger.name)
         reserved: set[str] = set()
@@ -189,11 +248,19 @@ class Scheduler:
         while heads and open_workers:
             _, shape = heapq.heappop(heads)
             task = tasks[backlog.head_of(shape)]  # type: ignore[index]
+            target = task.target_worker
+            if target is not None and target not in ledgers:  # only that worker could help
+                backlog.reasons[shape] = absent(target) if absent else f"{target} is not available"
+                continue
             held = locks.blocker(task.locks) if task.locks else None
             if held:  # no worker can help: wait for the lock, reserve nothing
                 backlog.reasons[shape] = held
                 continue
-            chosen, reason = self._choose(task, shape.capabilities, open_workers, reserved, len(ledgers))
+            if target is not None:
+                chosen, reason = self._choose_target(task, shape.capabilities, ledgers[target], reserved)
+            else:
+                chosen, reason = self._choose(task, shape.capabilities, open_workers, reserved,
+                                              len(ledgers))
             if chosen is None:
                 backlog.reasons[shape] = reason
                 if task.queued_at is not None and now - task.queued_at >= self.aging_s:
@@ -211,6 +278,16 @@ class Scheduler:
         for _, shape in heads:  # the pass ran out of open workers
             backlog.reasons[shape] = _all_full(len(ledgers))
         return placements
+
+    @staticmethod
+    def _choose_target(
+        task: Task, required: frozenset[str], ledger: Ledger, reserved: set[str]
+    ) -> tuple[Ledger | None, str]:
+        """A task for one worker: that worker's own reason is the reason, word for word."""
+        if ledger.name in reserved:
+            return None, "Reserved for an older task that waited too long"
+        why = misfit(task, ledger, required)
+        return (None, why) if why else (ledger, "")
 
     def _choose(
         self,

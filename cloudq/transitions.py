@@ -13,7 +13,7 @@ move with its effects by hand.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from cloudq.errors import TransitionError
@@ -152,6 +152,10 @@ class EventLog:
 
     def forget(self, task_id: str) -> None:
         self._per_task.pop(task_id, None)
+
+    def newest_first(self) -> Iterator[Event]:
+        """Every kept event, newest first, without copying (call it under the master lock)."""
+        return reversed(self._all)
 
     def recent(self, limit: int = 100) -> list[Event]:
         return list(self._all)[-limit:]

@@ -1,17 +1,25 @@
-"""Commands about the cluster: workers, release, status, help, quit."""
+"""Commands about the cluster: workers, locks, status, help, quit."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, lookup
 
 WORKER_COLUMNS = ["name", "status", "cpu", "memory", "gpus", "tasks", "labels", "seen"]
 
 
-@command("workers", "Workers, their free capacity and what they run.", aliases=("nodes",))
+def _workers_arguments(parser: CommandParser) -> None:
+    parser.add_argument("name", nargs="?", help="one worker, in detail")
+
+
+@command("workers", "Workers, their free capacity and what they run; `workers NAME` for one in detail.",
+         aliases=("nodes",), arguments=_workers_arguments)
 def workers_command(ctx: Context, args: argparse.Namespace) -> Result:
+    if args.name:
+        return _worker_detail(ctx.master.worker_detail(args.name))
     views = ctx.master.worker_views()
     now = time.time()
     rows = [[
@@ -21,25 +29,63 @@ def workers_command(ctx: Context, args: argparse.Namespace) -> Result:
         f"{w['gpus_free']}/{w['gpus']}",
         f"{w['tasks']}/{w['max_tasks']}",
         ",".join(f"{k}={v}" for k, v in w["labels"].items()),
-        f"{max(now - w['last_seen'], 0):.0f}s ago" if w["last_seen"] else "never",
+        _seen(w["last_seen"], now),
     ] for w in views]
     return Result(title=f"{len(views)} workers", headers=WORKER_COLUMNS, rows=rows, data=views)
 
 
-def _worker_argument(parser: CommandParser) -> None:
-    parser.add_argument("worker", help="worker name")
+def _worker_detail(w: dict[str, Any]) -> Result:
+    rows: list[list[Any]] = [
+        ["status", w["status"] + (f" ({', '.join(w['flags'])})" if w["flags"] else "")],
+        ["host", w["host"]],
+        ["cpu free/total", f"{w['cpu_free']:g}/{w['cpu_cores']:g} cores"],
+        ["memory free/total", f"{w['mem_free_gb']:g}/{w['mem_gb']:g} GB"],
+        ["storage free/total", f"{w['storage_free_gb']:g}/{w['storage_gb']:g} GB"],
+        ["gpus free/total", f"{w['gpus_free']}/{w['gpus']}"],
+        ["tasks", f"{w['tasks']}/{w['max_tasks']}"],
+        ["labels", ", ".join(f"{k}={v}" for k, v in w["labels"].items())],
+        ["capabilities", ", ".join(w["capabilities"])],
+        ["last heartbeat", _seen(w["last_seen"], time.time())],
+        ["consecutive failures", w["consecutive_failures"]],
+    ]
+    if w["quarantine_reason"]:
+        rows.append(["quarantine reason", w["quarantine_reason"]])
+    for gpu in w["gpu_devices"]:
+        rows.append([f"gpu {gpu['index']}", _gpu_line(gpu)])
+    for task in w["running_tasks"]:
+        rows.append([f"task {task['id']}", f"{task['state']} {task['kind']} attempt {task['attempt']}, "
+                     f"{task['cpu_cores']:g} cores, {task['mem_gb']:g} GB, {task['gpus']} GPUs"
+                     + (f", {task['name']}" if task["name"] else "")])
+    return Result(title=f"Worker {w['name']}", headers=["field", "value"], rows=rows, data=w,
+                  vertical=True)
 
 
-@command("release", "Let a quarantined or draining worker take tasks again.", arguments=_worker_argument)
-def release_command(ctx: Context, args: argparse.Namespace) -> Result:
-    ctx.master.release_worker(args.worker)
-    return Result(status=f"{args.worker} takes tasks again")
+def _gpu_line(gpu: dict[str, Any]) -> str:
+    parts = [str(gpu.get("name") or "GPU"), "free" if gpu["free"] else "booked"]
+    if gpu.get("mem_gb") is not None:
+        used = gpu.get("mem_used_gb")
+        parts.append(f"{used:g}/{gpu['mem_gb']:g} GB used" if used is not None else f"{gpu['mem_gb']:g} GB")
+    for key, unit in (("util_percent", "% busy"), ("temperature_c", " C"), ("power_w", " W")):
+        if gpu.get(key) is not None:
+            parts.append(f"{gpu[key]:g}{unit}")
+    return ", ".join(parts)
 
 
-@command("drain", "Let a worker finish what it runs and give it nothing new.", arguments=_worker_argument)
-def drain_command(ctx: Context, args: argparse.Namespace) -> Result:
-    ctx.master.drain_worker(args.worker)
-    return Result(status=f"{args.worker} is draining; `release {args.worker}` undoes it")
+def _seen(last_seen: float, now: float) -> str:
+    return f"{max(now - last_seen, 0):.0f}s ago" if last_seen else "never"
+
+
+@command("locks", "Named locks: who holds each (task and worker) and who waits, in order.")
+def locks_command(ctx: Context, args: argparse.Namespace) -> Result:
+    locks = ctx.master.lock_views()
+    rows = [[
+        lock["name"], lock["limit"] if lock["limit"] is not None else "",
+        ", ".join(f"{h['task']} on {h['worker']}" if h["worker"] else h["task"] for h in lock["holders"]),
+        lock["waiting"],
+        ", ".join(lock["waiters"][:10]) + (" ..." if lock["waiting"] > 10 else ""),
+    ] for lock in locks]
+    return Result(title=f"{len(locks)} locks", headers=["lock", "limit", "holders", "waiting", "next"],
+                  rows=rows, data=locks)
 
 
 @command("status", "Cluster summary: tasks by state, workers, queue, store.")

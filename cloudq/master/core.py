@@ -10,12 +10,15 @@ from typing import Any
 
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.delivery import Delivery
-from cloudq.master.state import Hooks, MasterConfig
+from cloudq.master.state import Hooks, MasterConfig, awaiting_kill
 from cloudq.master.views import Views
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import Task, TaskState, new_task
+from cloudq.model import Priority, QueueClass, Task, TaskState, choice, new_task
 
 S = TaskState
+HOLDABLE = (S.QUEUED, S.RETRYING)
+RETRYABLE = (S.FAILED, S.DEAD, S.CANCELLED)
+WAITING = (S.QUEUED, S.RETRYING, S.HELD)  # not on a worker yet: its priority may change
 
 __all__ = ["Hooks", "Master", "MasterConfig"]
 
@@ -56,6 +59,74 @@ class Master(Delivery, Views):
             if task.state.is_active:  # finished when the worker confirms the kill
                 self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
+        return task
+
+    def hold(self, task_id: str) -> Task:
+        """Parks a waiting task: it is not placed until `release ID`."""
+        with self._change() as now:
+            task = self._in_state(task_id, HOLDABLE, "held")
+            self._move(task, S.HELD, now, "held by an operator")
+        return task
+
+    def release_task(self, task_id: str) -> Task:
+        """A held task goes back to the queue, where its class, priority and submission order
+        put it; its time in the queue starts again."""
+        with self._change() as now:
+            task = self._in_state(task_id, (S.HELD,), "released")
+            self._move(task, S.QUEUED, now, "released by an operator")
+            self._place(now)
+        return task
+
+    def release(self, name: str) -> str:
+        """`release NAME`: a held task, or a quarantined or draining worker. Returns which
+        ("task" or "worker"). A name that is both is refused rather than guessed."""
+        with self._lock:
+            is_task, is_worker = name in self.tasks, name in self.workers
+        if is_task and is_worker:
+            raise ValidationError(f"{name} is both a task and a worker; rename the worker")
+        if is_task:
+            self.release_task(name)
+            return "task"
+        if is_worker:
+            self.release_worker(name)
+            return "worker"
+        raise NotFoundError(f"no task or worker {name!r}")
+
+    def retry(self, task_id: str) -> Task:
+        """A failed, dead or cancelled task is queued again for one more attempt (its retry
+        budget is not reset: should that attempt fail, it is dead again)."""
+        with self._change() as now:
+            task = self._in_state(task_id, RETRYABLE, "retried")
+            if awaiting_kill(task):
+                raise ValidationError(f"task {task_id} is still being stopped on {task.worker}; "
+                                      f"retry it once the worker confirms")
+            self._move(task, S.QUEUED, now, "retried by an operator")
+            self._place(now)
+        return task
+
+    def set_priority(self, task_id: str, priority: str, queue: str | None = None) -> Task:
+        """A waiting task's priority (and queue class) changes; a queued one is re-sorted."""
+        new_priority = choice(Priority, "priority", priority)
+        new_queue = choice(QueueClass, "queue class", queue) if queue is not None else None
+        with self._change() as now:
+            task = self._in_state(task_id, WAITING, "re-prioritised")
+            before = f"{task.queue}/{task.priority}"
+            queued = self.backlog.remove(task.id)
+            task.priority = new_priority
+            task.queue = new_queue or task.queue
+            task.request_json = None  # the request half changed: encode it again
+            if queued:
+                self.backlog.add(task, self._required(task))
+            self._note(task, now, f"priority {before} -> {task.queue}/{task.priority} by an operator")
+            self._place(now)
+        return task
+
+    def _in_state(self, task_id: str, states: tuple[TaskState, ...], verb: str) -> Task:
+        task = self.get(task_id)
+        if task.state not in states:
+            allowed = ", ".join(state.value for state in states)
+            raise ValidationError(f"task {task_id} is {task.state.value}; only a task that is "
+                                  f"{allowed} can be {verb}")
         return task
 
     def release_worker(self, name: str) -> None:

@@ -39,6 +39,7 @@ class Delivery(MasterState):
                 info["gpu_mem_gb"], info["max_tasks"], info["labels"], info["capabilities"],
             )
             record.connected, record.last_seen, record.registered_at = True, now, now
+            self._fleet += 1
             record.session += 1
             record.outbox.clear()
             stop = self._readopt(record, old_bookings, _pairs(running), now)
@@ -86,6 +87,7 @@ class Delivery(MasterState):
     def _forget_worker(self, record: WorkerRecord) -> None:
         del self.workers[record.name]
         self._wakeups.pop(record.name, None)
+        self._fleet += 1
 
     def _forget_offline(self, now: float) -> None:
         keep = self.config.forget_offline_s

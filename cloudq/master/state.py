@@ -95,6 +95,8 @@ class MasterState:
         self._pending: list[tuple] = []  # its events, in order
         self._told: dict[str, WorkerRecord] = {}  # workers given instructions by that operation
         self._capabilities: dict[tuple[str, bytes], frozenset[str]] = {}  # by kind and spec
+        self._fleet = 0  # bumped when a worker registers or is forgotten: what fits may change
+        self._never_fits: dict[Any, tuple[int, str | None]] = {}  # by shape: (fleet, answer)
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
@@ -124,7 +126,7 @@ class MasterState:
                     self._enqueue(task, since=task.queued_at)
                 elif task.state is S.RETRYING:
                     self._retrying.add(task.id)
-                elif task.state.is_active or _awaiting_kill(task):
+                elif task.state.is_active or awaiting_kill(task):
                     self.locks.acquire(task.id, task.locks)
                     record = self._worker(task.worker or "?")
                     record.last_seen = now  # give it one lease to come back
@@ -190,7 +192,8 @@ class MasterState:
             return 0
         started = time.perf_counter()
         ledgers = {name: w.ledger for name, w in self.workers.items() if w.schedulable}
-        placements = self.scheduler.place(self.backlog, self.tasks, ledgers, self.locks, now)
+        placements = self.scheduler.place(self.backlog, self.tasks, ledgers, self.locks, now,
+                                          self._absent)
         for placement in placements:
             task = self.tasks[placement.task_id]
             task.attempt += 1
@@ -218,6 +221,13 @@ class MasterState:
             "resources": task.resources.to_dict(), "timeout_s": task.timeout_s,
             "gpu_indices": list(gpu_indices), "name": task.name,
         }
+
+    def _absent(self, name: str) -> str:
+        """Why a task's target worker takes nothing now, naming it: the reason the task waits."""
+        record = self.workers.get(name)
+        if record is None or not record.registered_at:
+            return f"{name} has not registered"
+        return f"{name} is {record.unavailable_because()}"
 
     # ------------------------------------------------------------------ internals
     def _worker(self, name: str) -> WorkerRecord:
@@ -305,6 +315,17 @@ class MasterState:
             for hook in self.hooks.on_event:
                 hook(event)
 
+    def _note(self, task: Task, now: float, reason: str) -> None:
+        """An operator's change that is not a move (a new priority): recorded and journalled as
+        an event that keeps the state, so `events` and `show` tell it. Not a move, so the
+        on_event hooks (which count moves) do not see it."""
+        state = task.state
+        event = Event(task.id, state, state, reason, task.worker, task.attempt, now)
+        task.updated_at = now
+        self.events.add(event)
+        self._dirty[task.id] = task
+        self._pending.append(("event", event.to_dict()))
+
     def _flags_changed(self) -> None:
         """Quarantine and drain are operator decisions: journalled, so a restart keeps them."""
         flagged = {name: {"quarantined": w.quarantined, "draining": w.draining,
@@ -320,7 +341,7 @@ class MasterState:
         while keep > 0 and self._finished and self._finished[0][0] < now - keep:
             _, task_id = self._finished.popleft()
             task = self.tasks.get(task_id)
-            if task is None or not task.state.is_final or _awaiting_kill(task):
+            if task is None or not task.state.is_final or awaiting_kill(task):
                 continue  # retried since, already gone, or its worker has not confirmed the kill
             if task.finished_at is not None and task.finished_at >= now - keep:
                 self._finished.append((task.finished_at, task_id))  # finished again later
@@ -354,7 +375,7 @@ class MasterState:
 _WORKER_FLAGS = "worker_flags"  # store meta: {worker: {"quarantined", "draining", "reason"}}
 
 
-def _awaiting_kill(task: Task) -> bool:
+def awaiting_kill(task: Task) -> bool:
     """Cancelled while on a worker, and the worker has not yet confirmed it stopped."""
     return task.state is S.CANCELLED and bool(task.worker) and task.finished_at is None
 

@@ -1,4 +1,5 @@
-"""What operators read: task views with the reason they wait, why, listings, workers, counts."""
+"""What operators read: task views with the reason they wait, why, listings, workers, locks,
+events and counts."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 from cloudq.errors import NotFoundError
 from cloudq.master.state import MasterState
-from cloudq.master.workers import WorkerStatus
+from cloudq.master.workers import WorkerRecord, WorkerStatus
 from cloudq.model import Task, TaskState
-from cloudq.scheduler import explain, summarise
+from cloudq.scheduler import explain, misfit, never_fits, summarise
 from cloudq.transitions import Event
 
 S = TaskState
@@ -26,8 +27,10 @@ class Views(MasterState):
     def view(self, task: Task) -> dict[str, Any]:
         """A task as shown to operators: its record plus why it waits."""
         out = task.to_dict()
+        out["never_fits"] = None
         if task.state is S.QUEUED:
             out["reason"] = self.backlog.reason_for(task.id) or "Waiting for the next placement pass"
+            out["never_fits"] = self.never_fits(task)
         elif task.state is S.RETRYING:
             wait = max((task.not_before or 0) - self.clock(), 0.0)
             out["reason"] = f"Retrying in {wait:.1f}s after: {task.last_error}"
@@ -35,12 +38,31 @@ class Views(MasterState):
             out["reason"] = _progress_line(task.progress)
         return out
 
+    def never_fits(self, task: Task) -> str | None:
+        """Why no registered worker could ever run `task` (see scheduler.never_fits), or None.
+        Kept per shape until a worker registers or is forgotten: a long listing asks for it
+        once per row, and the answer is the same for every task of a shape."""
+        shape = self.backlog.shape_of(task.id)
+        cache = self._never_fits
+        cached = cache.get(shape) if shape is not None else None
+        if cached is not None and cached[0] == self._fleet:
+            return cached[1]
+        ledgers = [w.ledger for w in self.workers.values() if w.registered_at]
+        answer = never_fits(task, ledgers, self._required(task))
+        if shape is not None:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[shape] = (self._fleet, answer)
+        return answer
+
     def why(self, task_id: str) -> dict[str, Any]:
         with self._lock:
             task = self.get(task_id)
             if task.state is not S.QUEUED:
                 return {"task": task.id, "state": task.state.value, "summary": self.view(task).get("reason")
-                        or f"Task is {task.state.value}", "workers": {}}
+                        or f"Task is {task.state.value}", "workers": {}, "never_fits": None}
+            if task.target_worker:
+                return self._why_targeted(task)
             workers = [w.ledger for w in self.workers.values() if w.schedulable]
             per_worker = explain(task, workers, self._required(task))
             summary = self.locks.blocker(task.locks)
@@ -56,7 +78,21 @@ class Views(MasterState):
             if summary is None:
                 summary = "Fits now; it starts on the next placement pass"
             return {"task": task.id, "state": task.state.value, "summary": summary,
-                    "workers": per_worker}
+                    "workers": per_worker, "never_fits": self.never_fits(task)}
+
+    def _why_targeted(self, task: Task) -> dict[str, Any]:
+        """A task for one worker: only that worker's answer matters."""
+        target = task.target_worker or ""
+        record = self.workers.get(target)
+        if record is None or not record.schedulable:
+            summary = self._absent(target)
+            reason = summary.removeprefix(f"{target} ")
+        else:
+            reason = (self.locks.blocker(task.locks) or misfit(task, record.ledger, self._required(task))
+                      or "Fits now; it starts on the next placement pass")
+            summary = reason
+        return {"task": task.id, "state": task.state.value, "summary": summary,
+                "workers": {target: reason}, "never_fits": self.never_fits(task)}
 
     def story(self, task_id: str) -> list[Event]:
         with self._lock:
@@ -93,6 +129,70 @@ class Views(MasterState):
             live = self.live_logs.get(task_id)
             return live if live is not None else str((task.result or {}).get("log_tail") or "")
 
+    def events_since(self, task_id: str | None = None, worker: str | None = None,
+                     since: float | None = None, limit: int = 100) -> list[Event]:
+        """The newest `limit` events, oldest first: of one task, of one worker, after a time."""
+        with self._lock:
+            if task_id is not None:
+                self.get(task_id)
+                pool = reversed(self.events.story(task_id))
+            else:
+                pool = self.events.newest_first()
+            picked = []
+            for event in pool:
+                if since is not None and event.time < since:
+                    break  # newest first: the rest are older still
+                if worker is None or event.worker == worker:
+                    picked.append(event)
+                    if len(picked) >= limit:
+                        break
+            return picked[::-1]
+
+    def lock_views(self, waiters: int = 50) -> list[dict[str, Any]]:
+        """Every lock held or asked for by a queued task: its holders (task and worker) and the
+        first `waiters` queued tasks that want it, in the order they will be served."""
+        with self._lock:
+            held = self.locks.snapshot()
+            out = []
+            for name in sorted(set(held) | self.backlog.lock_names()):
+                holders = [self.tasks[i] for i in held.get(name, ()) if i in self.tasks]
+                queued = self.backlog.waiting_on(name)
+                first = list(itertools.islice(queued, waiters))
+                more = sum(1 for _ in queued)
+                limit = next((spec.holders for t in holders + [self.tasks[i] for i in first[:1]]
+                              for spec in t.locks if spec.name == name), None)
+                out.append({
+                    "name": name, "limit": limit,
+                    "holders": [{"task": t.id, "worker": t.worker, "state": t.state.value}
+                                for t in holders],
+                    "waiters": first, "waiting": len(first) + more,
+                })
+            return out
+
+    def worker_detail(self, name: str) -> dict[str, Any]:
+        """One worker in full: capacity free and total, GPUs (what it registered with the
+        latest sample), running tasks, labels, capabilities, flags, last heartbeat."""
+        with self._lock:
+            record = self.workers.get(name)
+            if record is None:
+                raise NotFoundError(f"no worker {name!r}")
+            out = record.to_dict()
+            out["running_tasks"] = [self._running_row(self.tasks[i]) for i in sorted(record.ledger.bookings)
+                                    if i in self.tasks]
+            out["gpu_devices"] = _gpu_devices(record)
+            out["flags"] = [flag for flag, on in (("quarantined", record.quarantined),
+                                                  ("draining", record.draining)) if on]
+            out["registered_at"] = record.registered_at or None
+            out["connected"] = record.connected
+            return out
+
+    @staticmethod
+    def _running_row(task: Task) -> dict[str, Any]:
+        return {"id": task.id, "name": task.name, "kind": task.kind, "state": task.state.value,
+                "attempt": task.attempt, "cpu_cores": task.resources.cpu_cores,
+                "mem_gb": task.resources.mem_gb, "gpus": task.resources.gpus,
+                "started_at": task.started_at}
+
     def worker_views(self) -> list[dict[str, Any]]:
         with self._lock:
             return [w.to_dict() for w in sorted(self.workers.values(), key=lambda w: w.name)]
@@ -120,6 +220,22 @@ class Views(MasterState):
 
 
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
+
+
+def _gpu_devices(record: WorkerRecord) -> list[dict[str, Any]]:
+    """Each GPU's one-time facts (name, memory) joined with its live sample, by index."""
+    facts = record.facts.get("gpus") or []
+    samples = {g.get("index"): g for g in record.sample.get("gpus") or [] if isinstance(g, dict)}
+    out = []
+    for index, fact in enumerate(facts):
+        fact = fact if isinstance(fact, dict) else {}
+        live = samples.get(fact.get("index", index), {})
+        out.append({"index": fact.get("index", index), "name": fact.get("name"),
+                    "mem_gb": fact.get("mem_gb"), "mem_used_gb": live.get("mem_used_gb"),
+                    "util_percent": live.get("util_percent"),
+                    "temperature_c": live.get("temperature_c"), "power_w": live.get("power_w"),
+                    "free": fact.get("index", index) in record.ledger.free_gpus})
+    return out
 
 
 def _progress_line(progress: dict[str, Any]) -> str:
