@@ -250,7 +250,7 @@ class Scheduler:
             task = tasks[backlog.head_of(shape)]  # type: ignore[index]
             target = task.target_worker
             if target is not None and target not in ledgers:  # only that worker could help
-                backlog.reasons[shape] = absent(target) if absent else f"{target} is not available"
+                backlog.reasons[shape] = _absent(target, absent)
                 continue
             held = locks.blocker(task.locks) if task.locks else None
             if held:  # no worker can help: wait for the lock, reserve nothing
@@ -276,8 +276,21 @@ class Scheduler:
             if head is not None:
                 heapq.heappush(heads, (tasks[head].order_key, shape))
         for _, shape in heads:  # the pass ran out of open workers
-            backlog.reasons[shape] = _all_full(len(ledgers))
+            target = tasks[backlog.head_of(shape)].target_worker  # type: ignore[index]
+            if target is not None and target not in ledgers:
+                backlog.reasons[shape] = _absent(target, absent)
+            else:
+                backlog.reasons[shape] = _all_full(len(ledgers))
         return placements
+
+    def pick(self, task: Task, fitting: list[Ledger]) -> str | None:
+        """Which of the workers `task` fits on now the strategy would choose (for a dry run)."""
+        if not fitting:
+            return None
+        fresh = [ledger for ledger in fitting if ledger.name not in task.tried_workers] or fitting
+        if self.strategy == "pack":
+            return min(fresh, key=lambda ledger: ledger.name).name
+        return max(fresh, key=lambda ledger: (ledger.free_cpu, ledger.slots_free, ledger.free_mem)).name
 
     @staticmethod
     def _choose_target(
@@ -332,6 +345,10 @@ class Scheduler:
         ]
         if could:
             reserved.add(max(could, key=lambda ledger: (ledger.free_cpu, ledger.name)).name)
+
+
+def _absent(target: str, absent: Callable[[str], str] | None) -> str:
+    return absent(target) if absent else f"{target} is not available"
 
 
 def _all_full(count: int) -> str:

@@ -18,12 +18,59 @@ ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")
 MAX_LIMIT = 10_000_000  # rows one `queue` may ask for: more tasks than a master holds
 
 
+def _task_arguments(parser: CommandParser) -> None:
+    add_task_arguments(parser)
+    parser.add_argument("--dry-run", "-dry-run", "--dry_run", "-dry_run", action="store_true",
+                        dest="dry_run", help="say where it would go and why not; submit nothing")
+
+
 @command("task", "Submit one task: a container image, --scenario, --exec or --noop.",
-         arguments=add_task_arguments)
+         arguments=_task_arguments)
 def task_command(ctx: Context, args: argparse.Namespace) -> Result:
-    (task,) = ctx.master.submit([request_from_args(args)])
+    request = request_from_args(args)
+    if args.dry_run:
+        return _dry_run(ctx.master.dry_run(request))
+    (task,) = ctx.master.submit([request])
     view = ctx.master.view(task)
-    return Result(title=f"Submitted {task.id}", status=_state_line(view), data=view)
+    return Result(status=submit_reply(view), data=view)
+
+
+def submit_reply(view: dict[str, Any]) -> str:
+    """What `task` answers, in the operator's words: where the task went, or why it waits and
+    what it waits for, and a warning when no registered worker could ever run it."""
+    state, task_id = view["state"], view["id"]
+    if state != "queued":
+        where = f" {'to' if state == 'assigned' else 'on'} {view['worker']}" if view.get("worker") else ""
+        return f"Task {task_id} {state}{where}."
+    reason = view.get("reason") or "Waiting for the next placement pass"
+    line = f"Task {task_id} queued: {reason.rstrip('.')}. {_waits_for(view, reason)}"
+    if view.get("never_fits"):
+        line += (f"\nWarning: no registered worker can ever run it as asked: {view['never_fits']}. "
+                 f"Cancel it and ask for less, or add a worker that big.")
+    return line
+
+
+def _waits_for(view: dict[str, Any], reason: str) -> str:
+    target = view.get("target_worker")
+    if target and reason == f"{target} has not registered":
+        return f"Will be assigned when {target} registers."
+    if target and reason.startswith(f"{target} is "):
+        return f"Will be assigned when {target} takes tasks again."
+    if reason.startswith("Lock "):
+        return "Will be assigned when the lock is free."
+    if reason == "No workers available":
+        return "Will be assigned when a worker registers."
+    return "Will be assigned when resources become available."
+
+
+def _dry_run(answer: dict[str, Any]) -> Result:
+    rows = [[name, "->" if name == answer["would_go_to"] else "", verdict]
+            for name, verdict in answer["workers"].items()]
+    status = answer["summary"] + "."
+    if answer["never_fits"]:
+        status += f"\nNo registered worker can ever run it as asked: {answer['never_fits']}."
+    return Result(title="Dry run: nothing was submitted", headers=["worker", "", "verdict"],
+                  rows=rows, status=status, data=answer)
 
 
 def _submit_arguments(parser: CommandParser) -> None:
@@ -120,12 +167,6 @@ def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
     shown = args.state or "unfinished"
     return task_listing(ctx, ids, TASK_COLUMNS, f"{len(ids)} {shown} tasks",
                         ", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
-
-
-def _state_line(view: dict[str, Any]) -> str:
-    where = f" on {view['worker']}" if view.get("worker") else ""
-    reason = f": {view['reason']}" if view.get("reason") else ""
-    return f"{view['id']} {view['state']}{where}{reason}"
 
 
 def _when(timestamp: float, full: bool = False) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from cloudq.errors import NotFoundError
 from cloudq.master.state import MasterState
 from cloudq.master.workers import WorkerRecord, WorkerStatus
-from cloudq.model import Task, TaskState
+from cloudq.model import Task, TaskState, new_task
 from cloudq.scheduler import explain, misfit, never_fits, summarise
 from cloudq.transitions import Event
 
@@ -93,6 +93,44 @@ class Views(MasterState):
             summary = reason
         return {"task": task.id, "state": task.state.value, "summary": summary,
                 "workers": {target: reason}, "never_fits": self.never_fits(task)}
+
+    def dry_run(self, raw: Any) -> dict[str, Any]:
+        """Where a task would go now and why not elsewhere, for every worker; nothing is
+        submitted or changed. The request is checked as `submit` checks it."""
+        with self._lock:
+            task = new_task(raw, task_id="dry-run", seq=self._last_seq + 1, now=self.clock())
+            required = self._required(task)
+            verdicts, fitting = {}, []
+            for record in sorted(self.workers.values(), key=lambda w: w.name):
+                if task.target_worker and record.name != task.target_worker:
+                    verdicts[record.name] = f"Wrong worker: task is for {task.target_worker}"
+                elif not record.schedulable:
+                    verdicts[record.name] = record.unavailable_because()
+                elif why := misfit(task, record.ledger, required):
+                    verdicts[record.name] = why
+                else:
+                    verdicts[record.name] = "fits now"
+                    fitting.append(record.ledger)
+            chosen = self.scheduler.pick(task, fitting)
+            lock = self.locks.blocker(task.locks)
+            never = never_fits(task, [w.ledger for w in self.workers.values() if w.registered_at],
+                               required)
+            if lock:
+                summary = f"It would wait: {lock}"
+            elif chosen:
+                summary = f"It would be assigned to {chosen}"
+                if len(self.backlog):
+                    summary += f" if none of the {len(self.backlog)} queued tasks takes the room first"
+            elif task.target_worker and not self._takes_tasks(task.target_worker):
+                summary = f"It would wait: {self._absent(task.target_worker)}"
+            else:
+                summary = f"It would wait: {never or 'no worker has room for it now'}"
+            return {"would_go_to": None if lock else chosen, "summary": summary,
+                    "never_fits": never, "workers": verdicts, "request": task.request_dict()}
+
+    def _takes_tasks(self, name: str) -> bool:
+        record = self.workers.get(name)
+        return record is not None and record.schedulable
 
     def story(self, task_id: str) -> list[Event]:
         with self._lock:

@@ -18,7 +18,7 @@ from tests.e2e.conftest import PROMPT, TmuxShell, procs_mentioning
 
 COMMAND_NAMES = {"task", "submit", "show", "why", "cancel", "logs", "queue", "workers", "release",
                  "status", "help", "quit"}
-SUBMITTED = re.compile(r"^Submitted (t\d+)$")
+SUBMITTED = re.compile(r"^Task (t\d+) (queued|assigned|running|completed)\b")
 
 
 def worker_row(out: list[str], name: str = "worker-1") -> list[str] | None:
@@ -33,7 +33,7 @@ def worker_available(out: list[str]) -> bool:
 def submitted_id(out: list[str]) -> str:
     assert out, "the shell printed nothing after the task line"
     match = SUBMITTED.match(out[0])
-    assert match, "expected 'Submitted tN' first, got:\n" + "\n".join(out)
+    assert match, "expected 'Task tN ...' first, got:\n" + "\n".join(out)
     return match.group(1)
 
 

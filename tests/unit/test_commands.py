@@ -158,3 +158,73 @@ def test_workers_name_shows_one_worker_in_detail(master):
     with pytest.raises(NotFoundError, match="no worker 'nope'"):
         run(master, "workers nope")
     assert [w["name"] for w in run(master, "workers").data] == ["gpu-1"]
+
+
+def test_the_seed_line_replies_in_the_operators_words(master):
+    worker(master, "worker-1", cores=4.0)
+    reply = run(master, "task worker-1 docker.io/user/task:latest -cpu_cores 8.0")
+    first, warning = reply.status.split("\n")
+    assert first == ("Task t1 queued: Insufficient CPU: worker has 4.00 available, task requires 8.00. "
+                     "Will be assigned when resources become available.")
+    assert warning.startswith("Warning: no registered worker can ever run it as asked: "
+                              "needs 8 cores; worker-1 has 4.")
+    assert reply.title == "" and reply.data["never_fits"] == "needs 8 cores; worker-1 has 4"
+    fits = run(master, "task worker-1 alpine:latest -cpu_cores 2.0")
+    assert fits.status == "Task t2 assigned to worker-1." and fits.data["never_fits"] is None
+
+
+def test_a_task_waiting_for_room_is_told_apart_from_one_that_never_fits(master):
+    worker(master, "w1", cores=4.0, max_tasks=1)
+    worker(master, "w2", cores=2.0, max_tasks=1)
+    run(master, "task --noop -cpu 4")  # t1 fills w1
+    waiting = run(master, "task --noop -cpu 3").data
+    assert waiting["state"] == "queued" and waiting["never_fits"] is None
+    never = run(master, "task --noop -cpu 8 -mem 64").data
+    assert never["never_fits"] == "needs 8 cores; the largest worker has 4; needs 64 GB memory; the largest worker has 16 GB"
+    assert master.why(never["id"])["never_fits"] == never["never_fits"]
+
+
+def test_every_short_resource_is_listed_not_only_the_first(master):
+    worker(master, "w1", cores=2.0)
+    data = run(master, "task w1 --noop -cpu 3 -mem 20 -storage 500").data
+    assert data["reason"] == ("Insufficient CPU: worker has 2.00 available, task requires 3.00; "
+                              "Insufficient memory: worker has 16.00 GB available, task requires 20.00 GB; "
+                              "Insufficient storage: worker has 100.00 GB available, task requires 500.00 GB")
+
+
+def test_an_absent_target_is_named(master, clock):
+    reply = run(master, "task worker-9 --noop")
+    assert reply.status == ("Task t1 queued: worker-9 has not registered. "
+                            "Will be assigned when worker-9 registers.")
+    assert master.why("t1")["summary"] == "worker-9 has not registered"
+    worker(master, "worker-2")
+    clock.now += 11
+    master.tick()  # worker-2 missed its lease
+    offline = run(master, "task worker-2 --noop")
+    assert offline.data["reason"].startswith("worker-2 is offline since ")
+    assert offline.status.endswith("Will be assigned when worker-2 takes tasks again.")
+    assert master.why(offline.data["id"])["workers"] == {"worker-2": offline.data["reason"][9:]}
+
+
+def test_dry_run_says_where_and_why_not_for_every_worker_and_submits_nothing(master, clock):
+    worker(master, "small", cores=2.0)
+    worker(master, "big", cores=8.0)
+    worker(master, "gone", cores=32.0)
+    clock.now += 6
+    master.heartbeat("small", {})
+    master.heartbeat("big", {})
+    clock.now += 5
+    master.tick()  # gone missed its lease
+    reply = run(master, "task --noop -cpu 4 --dry-run")
+    assert dict((r[0], r[2]) for r in reply.rows) == {
+        "big": "fits now",
+        "gone": reply.data["workers"]["gone"],
+        "small": "Insufficient CPU: worker has 2.00 available, task requires 4.00"}
+    assert reply.data["workers"]["gone"].startswith("offline since")
+    assert [r[0] for r in reply.rows if r[1] == "->"] == ["big"]
+    assert reply.status == "It would be assigned to big." and reply.title.startswith("Dry run")
+    assert master.tasks == {}
+    huge = run(master, "task --noop -cpu 64 --dry-run")
+    assert huge.status.startswith("It would wait: needs 64 cores; the largest worker has 32")
+    with pytest.raises(ValidationError, match="unknown queue class"):
+        run(master, "task --noop --queue urgent --dry-run")

@@ -43,8 +43,9 @@ def test_a_change_under_way_is_reported_and_finishes() -> None:
     release.set()
     assert job.done.wait(10)
     assert [t.name for t in master.tasks.values()] == ["slow"]
-    assert announced == [f"task (interrupted earlier) has finished: Submitted t1; t1 queued: "
-                         f"{master.view(master.tasks['t1'])['reason']}"]
+    reason = master.view(master.tasks["t1"])["reason"]
+    assert announced == [f"task (interrupted earlier) has finished: Task t1 queued: {reason}. "
+                         f"Will be assigned when a worker registers."]
 
 
 def test_a_submit_interrupted_while_reading_its_file_submits_nothing(tmp_path) -> None:
