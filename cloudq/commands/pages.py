@@ -20,25 +20,13 @@ from typing import Any
 
 import orjson
 
+from cloudq.commands.columns import row
 from cloudq.commands.registry import Context, Result
 from cloudq.errors import NotFoundError, ValidationError
 
 PAGE_BYTES = 8 << 20  # encoded size of one page: an eighth of the frame limit
 SNAPSHOT_IDLE_S = 300.0  # a cursor not read for this long is forgotten
 MAX_SNAPSHOTS = 32  # cursors kept at once; a new one displaces the least recently read
-
-
-def cell(value: Any) -> str:
-    """A field of a task view as a table cell."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={cell(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return ", ".join(cell(v) for v in value)
-    return str(value)
 
 
 @dataclass
@@ -148,6 +136,6 @@ def _next(cursor: str, offset: int) -> list[str]:
 
 def _result(views: list[dict[str, Any]], columns: list[str], title: str, status: str,
             next_argv: list[str] | None = None) -> Result:
-    rows = [[cell(view.get(c)) for c in columns] for view in views]
+    rows = [row(view, columns) for view in views]
     return Result(title=title, headers=columns, rows=rows, data=views, status=status,
                   next_argv=next_argv)

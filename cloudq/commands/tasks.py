@@ -6,13 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from cloudq.commands.pages import cell, next_page, task_listing
+from cloudq.commands.columns import QUEUE_COLUMNS, cell
+from cloudq.commands.pages import next_page, task_listing
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
 from cloudq.errors import ValidationError
-from cloudq.model import TaskState
+from cloudq.model import QueueClass, TaskState
 
-TASK_COLUMNS = ["id", "name", "kind", "state", "queue", "priority", "worker", "attempt", "reason"]
 SUBMIT_COLUMNS = ["id", "name", "state", "worker"]
 ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")
 MAX_LIMIT = 10_000_000  # rows one `queue` may ask for: more tasks than a master holds
@@ -150,6 +150,11 @@ def logs_command(ctx: Context, args: argparse.Namespace) -> Result:
 def _queue_arguments(parser: CommandParser) -> None:
     parser.add_argument("--state", "-state", choices=[s.value for s in TaskState],
                         help="only tasks in this state (default: everything not finished)")
+    parser.add_argument("--worker", "-worker", help="only tasks on this worker or pinned to it")
+    parser.add_argument("--queue", "-queue", choices=[q.value for q in QueueClass],
+                        help="only tasks of this queue class")
+    parser.add_argument("--owner", "-owner", help="only tasks of this owner")
+    parser.add_argument("--name", "-name", help="only tasks whose name matches (a glob: enc-*)")
     parser.add_argument("--limit", "-limit", type=whole_number(1, MAX_LIMIT), default=200,
                         help=f"at most this many rows (1 to {MAX_LIMIT})")
     # The next page of a long listing (cloudq ctl follows these by itself).
@@ -162,10 +167,13 @@ def _queue_arguments(parser: CommandParser) -> None:
 def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
     if args.cursor is not None:
         return next_page(ctx, args.cursor, args.offset)
-    ids = ctx.master.listing_ids(args.state, args.limit)
+    filters = {"worker": args.worker, "queue": args.queue, "owner": args.owner, "name": args.name}
+    ids = ctx.master.listing_ids(args.state, args.limit, **filters)
     total = ctx.master.counts()
     shown = args.state or "unfinished"
-    return task_listing(ctx, ids, TASK_COLUMNS, f"{len(ids)} {shown} tasks",
+    matching = " ".join(f"{key} {value}" for key, value in filters.items() if value is not None)
+    title = f"{len(ids)} {shown} tasks" + (f" matching {matching}" if matching else "")
+    return task_listing(ctx, ids, QUEUE_COLUMNS, title,
                         ", ".join(f"{total[s]} {s}" for s in ACTIVE_ORDER if total.get(s)))
 
 

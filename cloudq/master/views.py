@@ -4,6 +4,8 @@ events and counts."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
 from typing import Any
 
 from cloudq.errors import NotFoundError
@@ -28,9 +30,11 @@ class Views(MasterState):
         """A task as shown to operators: its record plus why it waits."""
         out = task.to_dict()
         out["never_fits"] = None
+        out["in_queue_s"] = None
         if task.state is S.QUEUED:
             out["reason"] = self.backlog.reason_for(task.id) or "Waiting for the next placement pass"
             out["never_fits"] = self.never_fits(task)
+            out["in_queue_s"] = round(max(self.clock() - (task.queued_at or task.created_at), 0.0), 3)
         elif task.state is S.RETRYING:
             wait = max((task.not_before or 0) - self.clock(), 0.0)
             out["reason"] = f"Retrying in {wait:.1f}s after: {task.last_error}"
@@ -141,25 +145,37 @@ class Views(MasterState):
         with self._lock:
             return [self.tasks[i] for i in self.backlog.ordered()]
 
-    def listing(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def listing(self, state: str | None = None, limit: int = 200, **filters: str | None
+                ) -> list[dict[str, Any]]:
         """Tasks for `queue`: one state, or everything unfinished in the order it is served."""
         with self._lock:
-            return [self.view(self.tasks[i]) for i in self.listing_ids(state, limit)]
+            return [self.view(self.tasks[i]) for i in self.listing_ids(state, limit, **filters)]
 
-    def listing_ids(self, state: str | None = None, limit: int = 200) -> list[str]:
+    def listing_ids(self, state: str | None = None, limit: int = 200, *, worker: str | None = None,
+                    queue: str | None = None, owner: str | None = None, name: str | None = None
+                    ) -> list[str]:
         """The ids `listing` would show, in its order: cheap, so a long listing read in pages
-        builds each view only when its page is sent, not all of them under the lock."""
+        builds each view only when its page is sent, not all of them under the lock. Filters:
+        `worker` (where it runs or is pinned to), `queue` class, `owner`, `name` (a glob)."""
+        keep = _filter(worker, queue, owner, name)
         with self._lock:
             if state == S.QUEUED.value:
-                return list(itertools.islice(self.backlog.ordered(), limit))
+                return list(itertools.islice(self._queued_ids(keep), limit))
             if state:
-                return [t.id for t in self.tasks.values() if t.state.value == state][-limit:]
+                return [t.id for t in self.tasks.values() if t.state.value == state and keep(t)][-limit:]
             by_state: dict[TaskState, list[str]] = {}
             for task in self.tasks.values():
-                if task.state in _UNFINISHED_ORDER and task.state is not S.QUEUED:
+                if task.state in _UNFINISHED_ORDER and task.state is not S.QUEUED and keep(task):
                     by_state.setdefault(task.state, []).append(task.id)
-            by_state[S.QUEUED] = list(itertools.islice(self.backlog.ordered(), limit))
+            by_state[S.QUEUED] = list(itertools.islice(self._queued_ids(keep), limit))
             return [i for s in _UNFINISHED_ORDER for i in by_state.get(s, [])][:limit]
+
+    def _queued_ids(self, keep: Callable[[Task], bool]) -> Iterable[str]:
+        """Queued ids in the order they will be served, filtered."""
+        ordered = self.backlog.ordered()
+        if keep is _everything:
+            return ordered
+        return (i for i in ordered if keep(self.tasks[i]))
 
     def log_tail(self, task_id: str) -> str:
         with self._lock:
@@ -258,6 +274,24 @@ class Views(MasterState):
 
 
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
+
+
+def _everything(task: Task) -> bool:
+    return True
+
+
+def _filter(worker: str | None, queue: str | None, owner: str | None,
+            name: str | None) -> Callable[[Task], bool]:
+    """One predicate for the listing's filters; every filter given must match."""
+    if worker is None and queue is None and owner is None and name is None:
+        return _everything
+
+    def keep(task: Task) -> bool:
+        return ((worker is None or worker in (task.worker, task.target_worker))
+                and (queue is None or task.queue == queue)
+                and (owner is None or task.owner == owner)
+                and (name is None or fnmatchcase(task.name, name)))
+    return keep
 
 
 def _gpu_devices(record: WorkerRecord) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudq.commands import Context, dispatch
+from cloudq.commands import Context, dispatch, split_line
 from cloudq.commands.history import since_time
 from cloudq.errors import NotFoundError, ValidationError
 from cloudq.master.core import Master, MasterConfig
@@ -32,7 +32,7 @@ def master(clock):
 
 
 def run(master, line: str):
-    return dispatch(Context(master), line.split())
+    return dispatch(Context(master), split_line(line))
 
 
 def worker(master, name, cores=4.0, max_tasks=4, **extra):
@@ -228,3 +228,44 @@ def test_dry_run_says_where_and_why_not_for_every_worker_and_submits_nothing(mas
     assert huge.status.startswith("It would wait: needs 64 cores; the largest worker has 32")
     with pytest.raises(ValidationError, match="unknown queue class"):
         run(master, "task --noop --queue urgent --dry-run")
+
+
+def test_queue_shows_the_operators_columns_in_serving_order(master, clock):
+    s = worker(master, "w1", cores=4.0, max_tasks=1, capabilities=["docker", "ffmpeg", "encoder:libx264"])
+    run(master, "task w1 --exec 'sleep 5' -cpu 2 --owner ann --name enc-1")  # runs on w1
+    master.report("w1", s, [{"task": "t1", "attempt": 1, "state": "running"}])
+    master.submit([{"kind": "container", "spec": {"image": "alpine:latest"}, "owner": "bob",
+                    "resources": {"cpu_cores": 1, "mem_gb": 2, "gpus": 0}, "name": "img"},
+                   {"kind": "ffmpeg", "spec": {"scenario": "720p30-h264"}, "queue": "live",
+                    "priority": "high", "name": "enc-2", "owner": "ann"},
+                   {"kind": "noop", "resources": {"cpu_cores": 64}, "queue": "batch"}])
+    clock.now += 64
+    master.heartbeat("w1", {})
+    master.tick()  # counts a placement attempt for each blocked shape's head
+    reply = run(master, "queue")
+    assert reply.headers == ["id", "kind", "target", "image/scenario", "owner", "cpu/mem/disk/gpu",
+                             "state", "class", "in queue", "placements", "reason"]
+    rows = {r[0]: r for r in reply.rows}
+    assert [r[0] for r in reply.rows] == ["t1", "t3", "t2", "t4"]  # running, then serving order
+    assert rows["t1"][:8] == ["t1", "exec", "w1", "sleep 5", "ann", "2/0/0/0", "running", "default/medium"]
+    assert rows["t3"][1:9] == ["ffmpeg", "any", "720p30-h264", "ann", "1/0/0/0", "queued", "live/high",
+                               "1m04s"]
+    assert rows["t2"][3] == "alpine:latest" and rows["t2"][5] == "1/2/0/0"
+    assert rows["t4"][9] == "1" and rows["t4"][10] == "Never fits: needs 64 cores; the largest worker has 4"
+    view = {v["id"]: v for v in reply.data}["t3"]
+    assert view["in_queue_s"] == 64.0 and view["never_fits"] is None and view["priority"] == "high"
+
+
+def test_queue_filters_by_state_worker_queue_owner_and_name(master):
+    worker(master, "w1", cores=4.0, max_tasks=1)
+    run(master, "task --noop --sleep 9 --owner ann --name enc-1")  # t1 on w1
+    run(master, "task w1 --noop --owner bob --name enc-2")  # t2 pinned to w1
+    run(master, "task --noop --queue live --owner ann --name img-1")  # t3
+    ids = lambda line: [v["id"] for v in run(master, line).data]  # noqa: E731
+    assert ids("queue --worker w1") == ["t1", "t2"]
+    assert ids("queue --owner ann") == ["t1", "t3"]
+    assert ids("queue --name enc-*") == ["t1", "t2"]
+    assert ids("queue --queue live") == ["t3"]
+    assert ids("queue --state queued --owner bob") == ["t2"]
+    assert ids("queue --state queued") == ["t3", "t2"]
+    assert run(master, "queue --owner ann --name img-*").title == "1 unfinished tasks matching owner ann name img-*"
