@@ -123,8 +123,11 @@ def show_command(ctx: Context, args: argparse.Namespace) -> Result:
 def why_command(ctx: Context, args: argparse.Namespace) -> Result:
     answer = ctx.master.why(args.id)
     rows = [[name, reason] for name, reason in answer["workers"].items()]
+    status = answer["summary"]
+    if answer.get("never_fits"):
+        status += f"\nNo registered worker can ever run it as asked: {answer['never_fits']}"
     return Result(title=f"{answer['task']} is {answer['state']}", headers=["worker", "reason"],
-                  rows=rows, status=answer["summary"], data=answer)
+                  rows=rows, status=status, data=answer)
 
 
 @command("cancel", "Cancel a task; a running one is killed on its worker.", arguments=_id_argument)

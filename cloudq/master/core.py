@@ -124,7 +124,8 @@ class Master(Delivery, Views):
     def _in_state(self, task_id: str, states: tuple[TaskState, ...], verb: str) -> Task:
         task = self.get(task_id)
         if task.state not in states:
-            allowed = ", ".join(state.value for state in states)
+            names = [state.value for state in states]
+            allowed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
             raise ValidationError(f"task {task_id} is {task.state.value}; only a task that is "
                                   f"{allowed} can be {verb}")
         return task

@@ -50,7 +50,7 @@ def test_hold_keeps_a_task_off_workers_until_release(master):
     released = run(master, "release t1")
     assert released.status == "t1 released: assigned on w1" and master.get("t1").worker == "w1"
     assert [e.dst for e in master.story("t1")] == ["queued", "held", "queued", "assigned"]
-    with pytest.raises(ValidationError, match="t1 is assigned; only a task that is queued, retrying"):
+    with pytest.raises(ValidationError, match="t1 is assigned; only a task that is queued or retrying can be held"):
         run(master, "hold t1")
 
 
@@ -75,7 +75,7 @@ def test_retry_queues_a_dead_task_as_a_new_attempt(master, clock):
     task = master.get("t1")
     assert task.attempt == 2 and task.finished_at is None and task.state is S.ASSIGNED
     assert master.story("t1")[-2].reason == "retried by an operator"
-    with pytest.raises(ValidationError, match="only a task that is failed, dead, cancelled"):
+    with pytest.raises(ValidationError, match="only a task that is failed, dead or cancelled can be retried"):
         run(master, "retry t1")
 
 
@@ -182,6 +182,8 @@ def test_a_task_waiting_for_room_is_told_apart_from_one_that_never_fits(master):
     never = run(master, "task --noop -cpu 8 -mem 64").data
     assert never["never_fits"] == "needs 8 cores; the largest worker has 4; needs 64 GB memory; the largest worker has 16 GB"
     assert master.why(never["id"])["never_fits"] == never["never_fits"]
+    assert run(master, f"why {never['id']}").status.endswith(
+        "\nNo registered worker can ever run it as asked: " + never["never_fits"])
 
 
 def test_every_short_resource_is_listed_not_only_the_first(master):
