@@ -61,3 +61,27 @@ def test_retry_redrives_a_dead_task_and_workers_name_shows_it_running(cluster):
     assert detail["running_tasks"][0]["id"] == sleeper and detail["cpu_free"] == 0.5
     assert detail["labels"] == {"zone": "eu"} and detail["connected"] and detail["flags"] == []
     master.ctl("cancel", sleeper)
+
+
+def test_reasons_name_an_absent_target_and_dry_run_submits_nothing(cluster):
+    master = cluster.start_master()
+    worker = cluster.start_worker("worker-1", "--cpu-cores", "4", "--max-tasks", "2")
+    reply = master.client().call("call", {"argv": ["task", "worker-1", "--exec", "true", "-cpu_cores",
+                                                   "8.0"], "files": {}})
+    first, warning = reply["status"].split("\n")
+    assert first == ("Task t1 queued: Insufficient CPU: worker has 4.00 available, task requires 8.00. "
+                     "Will be assigned when resources become available.")
+    assert "needs 8 cores; worker-1 has 4" in warning
+    pinned = master.ctl("task", "worker-9", "--exec", "true")
+    assert pinned["reason"] == "worker-9 has not registered"
+
+    dry = master.ctl("task", "--exec", "true", "-cpu_cores", "2", "--dry-run")
+    assert dry["would_go_to"] == "worker-1" and dry["workers"] == {"worker-1": "fits now"}
+    assert [t["id"] for t in master.ctl("queue")] == ["t1", "t2"]  # nothing was submitted
+
+    worker.kill()
+    master.wait_worker("worker-1", "offline", timeout=10)
+    gone = master.ctl("task", "worker-1", "--exec", "true")
+    assert gone["reason"].startswith("worker-1 is offline since ")
+    dry = master.ctl("task", "--exec", "true", "--dry-run")
+    assert dry["would_go_to"] is None and dry["workers"]["worker-1"].startswith("offline since")
