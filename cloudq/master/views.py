@@ -46,18 +46,19 @@ class Views(MasterState):
         """Why no registered worker could ever run `task` (see scheduler.never_fits), or None.
         Kept per shape until a worker registers or is forgotten: a long listing asks for it
         once per row, and the answer is the same for every task of a shape."""
-        shape = self.backlog.shape_of(task.id)
-        cache = self._never_fits
-        cached = cache.get(shape) if shape is not None else None
-        if cached is not None and cached[0] == self._fleet:
-            return cached[1]
-        ledgers = [w.ledger for w in self.workers.values() if w.registered_at]
-        answer = never_fits(task, ledgers, self._required(task))
-        if shape is not None:
-            if len(cache) > 4096:
-                cache.clear()
-            cache[shape] = (self._fleet, answer)
-        return answer
+        with self._lock:  # a paged listing builds views outside the operation that made it
+            shape = self.backlog.shape_of(task.id)
+            cache = self._never_fits
+            cached = cache.get(shape) if shape is not None else None
+            if cached is not None and cached[0] == self._fleet:
+                return cached[1]
+            ledgers = [w.ledger for w in self.workers.values() if w.registered_at]
+            answer = never_fits(task, ledgers, self._required(task))
+            if shape is not None:
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[shape] = (self._fleet, answer)
+            return answer
 
     def why(self, task_id: str) -> dict[str, Any]:
         with self._lock:

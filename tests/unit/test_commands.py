@@ -271,3 +271,30 @@ def test_queue_filters_by_state_worker_queue_owner_and_name(master):
     assert ids("queue --state queued --owner bob") == ["t2"]
     assert ids("queue --state queued") == ["t3", "t2"]
     assert run(master, "queue --owner ann --name img-*").title == "1 unfinished tasks matching owner ann name img-*"
+
+
+def test_hold_and_priority_survive_a_master_restart(clock, tmp_path):
+    from cloudq.master.journal import StoreJournal
+    from cloudq.store import Store
+
+    def restarted() -> tuple[Master, Store]:
+        store = Store(tmp_path)
+        state = store.load()
+        master = Master(StoreJournal(store), MasterConfig(), clock=clock)
+        master.restore(state.records.values(), state.events, state.meta)
+        return master, store
+
+    first, store = restarted()
+    for _ in range(3):
+        run(first, "task --noop")
+    run(first, "hold t1")
+    run(first, "priority t3 high --queue live")
+    store.close()
+
+    second, store = restarted()
+    assert second.get("t1").state is S.HELD and second.listing_ids("queued") == ["t3", "t2"]
+    assert (second.get("t3").queue, second.get("t3").priority) == ("live", "high")
+    assert "priority default/medium -> live/high by an operator" in [e.reason for e in second.story("t3")]
+    run(second, "release t1")
+    assert second.listing_ids("queued") == ["t3", "t1", "t2"]
+    store.close()
