@@ -44,13 +44,18 @@ def neutralise(text: str, *, one_line: bool = False) -> str:
     return pattern.sub(_visible, text) if pattern.search(text) else text
 
 
-def render(result: Result, width: int | None = None) -> str:
+def render(result: Result, width: int | None = None, *, vertical: bool = False,
+           colour: bool = False) -> str:
+    """`result` as text for a terminal `width` columns wide. `vertical` prints every row as a
+    block of `column  value` lines (the shell's `\\G` and `--vertical`); `colour` paints task
+    states and worker statuses (only for a terminal: the codes are added after the text is
+    neutralised, so they are the only control sequences in it)."""
     if result.raw:
         return result.status
     width = width or shutil.get_terminal_size((120, 40)).columns
     parts = [neutralise(result.title)] if result.title else []
     if result.rows:
-        parts.append(_table(result, width))
+        parts.append(_table(result, width, vertical, colour))
     if result.status:
         parts.append(neutralise(result.status))
     return "\n".join(parts)
@@ -72,20 +77,93 @@ def _cell(value: Any, limit: int | None = None) -> str:
     return text
 
 
-def _table(result: Result, width: int) -> str:
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+# Columns of free text, cut first when a table is too wide: the whole text is in `show ID`.
+FREE_TEXT = frozenset({"reason", "last error", "last_error", "error", "what", "why", "message",
+                       "labels", "spec", "image", "image/scenario", "name"})
+MIN_FREE = 16  # a free-text column is cut to no fewer columns than this
+MIN_OTHER = 8  # nor any other column, before the table is printed as blocks instead
+_GAP = 2  # tabulate's "simple" format puts two spaces between columns
+_HEADER_PAD = 2  # and makes a column at least two wider than its header (tabulate.MIN_PADDING)
+
+# Colours (SGR) of task states and worker statuses; errors are red too (the shell).
+COLOURS = {
+    "running": "32", "completed": "32", "available": "32",
+    "assigned": "36", "draining": "36",
+    "queued": "33", "retrying": "33", "busy": "33", "pending": "33",
+    "held": "35",
+    "failed": "31", "dead": "1;31", "quarantined": "1;31",
+    "cancelled": "90", "offline": "90",
+}
+COLOURED_COLUMNS = frozenset({"state", "status"})
+
+
+def paint(text: str, value: str) -> str:
+    """`text` in the colour of state or status `value` (text is already neutralised)."""
+    code = COLOURS.get(value.strip())
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def fit_widths(headers: list[str], rows: list[list[str]], width: int) -> list[int] | None:
+    """Column widths that fit `width`: the widest free-text column (reason, last error) is cut
+    first, down to MIN_FREE, then the next; then any column wider than MIN_OTHER, widest first.
+    None when even that does not fit (the table is then printed as blocks)."""
+    widths = [max([len(h) + _HEADER_PAD, *(len(row[i]) for row in rows if i < len(row))])
+              for i, h in enumerate(headers)]
+    excess = sum(widths) + _GAP * (len(widths) - 1) - width
+    free = sorted((i for i, h in enumerate(headers) if h.strip().lower() in FREE_TEXT),
+                  key=lambda i: -widths[i])
+    for i in free:
+        if excess <= 0:
+            break
+        cut = min(excess, widths[i] - MIN_FREE)
+        if cut > 0:
+            widths[i] -= cut
+            excess -= cut
+    while excess > 0:
+        i = max(range(len(widths)), key=lambda j: widths[j])
+        if widths[i] <= MIN_OTHER:
+            return None
+        floor = max(MIN_OTHER, max((w for j, w in enumerate(widths) if j != i), default=0))
+        cut = min(excess, widths[i] - floor) or 1  # at least one column per round
+        widths[i] -= cut
+        excess -= cut
+    return widths
+
+
+def _table(result: Result, width: int, vertical: bool = False, colour: bool = False) -> str:
     if result.vertical:
-        return tabulate([[_cell(k), _cell(v, width - 24)] for k, v in result.rows], tablefmt="plain")
+        pairs = [[_cell(k), _cell(v, width - 24)] for k, v in result.rows]
+        if colour:
+            pairs = [[k, paint(v, v) if k.strip() in COLOURED_COLUMNS else v] for k, v in pairs]
+        return tabulate(pairs, tablefmt="plain")
     headers = [_cell(h) for h in result.headers]
     rows = [[_cell(v) for v in row] for row in result.rows]
-    text = tabulate(rows, headers=headers, tablefmt="simple")
-    if max(len(line) for line in text.splitlines()) <= width:
-        return text
-    # Too wide for the terminal: one record after another, as `key  value` lines.
+    widths = None if vertical else fit_widths(headers, rows, width)
+    if widths is None:  # asked for, or too wide even cut: one record after another
+        return _blocks(headers, rows, width, colour)
+    headers = [_cut(h, w - _HEADER_PAD) for h, w in zip(headers, widths, strict=False)]
+    rows = [[_cut(v, widths[i]) if i < len(widths) else v for i, v in enumerate(row)] for row in rows]
+    if colour:
+        painted = {i for i, h in enumerate(headers) if h.strip() in COLOURED_COLUMNS}
+        rows = [[paint(v, v) if i in painted else v for i, v in enumerate(row)] for row in rows]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _blocks(headers: list[str], rows: list[list[str]], width: int, colour: bool) -> str:
+    """pgcli's expanded output: `-[ RECORD n ]---` and a `column  value` line per field."""
     blocks = []
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
         pairs = [[h, _cell(v, width - 16)] for h, v in zip(headers, row, strict=False)]
-        blocks.append(tabulate(pairs, tablefmt="plain"))
-    return "\n\n".join(blocks)
+        if colour:
+            pairs = [[h, paint(v, v) if h.strip() in COLOURED_COLUMNS else v] for h, v in pairs]
+        rule = f"-[ RECORD {number} ]"
+        blocks.append(rule + "-" * max(min(width, 40) - len(rule), 0) + "\n"
+                      + tabulate(pairs, tablefmt="plain", disable_numparse=True))
+    return "\n".join(blocks)
 
 
 def render_json(result: Result) -> str:

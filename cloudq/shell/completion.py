@@ -119,7 +119,11 @@ def _argument_candidates(parser: CommandParser, before: list[str], current: str,
     if pending is not None:
         return _values(pending, current, live)
     if current.startswith("-"):
-        return _options(parser, current)
+        found = _options(parser, current)
+        if parser is not LOCAL.get(parser.prog) and "vertical".startswith(current.lstrip("-")):
+            found.append(("--vertical" if current.startswith("--") else "-vertical",
+                          "print the rows as records (as a trailing \\G does)"))
+        return found
     target = _positional(positionals, index)
     if target is None:
         return []

@@ -1,9 +1,18 @@
-"""The shell's loop: read a line, parse it, run it as a Job, print what it returns."""
+"""The shell's loop: read a line, parse it, run it as a Job, print what it returns.
+
+Around the prompt: completion from the registry and the watcher's snapshot of live names
+(completion.py, live.py), the toolbar (toolbar.py) and notices above the prompt
+(notices.py). Everything is printed from the main thread: by the loop itself between
+prompts, or by the prompt's own event loop (`run_in_terminal`) while a line is being typed,
+which hides the prompt, prints, and draws it again with the half-typed line intact. Writes
+from any other thread while the prompt is up go through `patch_stdout` for the same reason.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,42 +20,86 @@ from typing import Any
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.completion import ThreadedCompleter
 from prompt_toolkit.formatted_text import FormattedText
-from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import confirm, print_formatted_text
+from prompt_toolkit.styles import Style
 
 from cloudq.commands import parse, split_line
+from cloudq.commands.registry import Result
 from cloudq.errors import CloudqError
 from cloudq.render import neutralise, render, render_error
+from cloudq.shell import pager
 from cloudq.shell.completion import RegistryCompleter
 from cloudq.shell.history import ShellHistory
 from cloudq.shell.jobs import Job
+from cloudq.shell.live import Watcher
+from cloudq.shell.local import LOCAL, NOTICE_MODES, QUIT_WORDS
+from cloudq.shell.notices import Notice, select
+from cloudq.shell.toolbar import REFRESH_S, STYLE, toolbar
 
 PROMPT = "master> "
 MAX_PROMPT_FAILURES = 3
+HISTORY_LINES_LEARNT = 500  # images and locks of the last task lines are offered by Tab
+NOTICE_MODE_HELP = {"on": "every notice", "errors": "failures, dead tasks, lost and quarantined workers",
+                    "off": "none"}
 
 
 def run_shell(master: Any, address: str) -> None:
     history = ShellHistory(Path(os.environ.get("CLOUDQ_HISTORY", Path.home() / ".cloudq_history")))
-    session: PromptSession[str] = PromptSession(
-        history=history, auto_suggest=AutoSuggestFromHistory(), completer=RegistryCompleter(),
-        complete_while_typing=False,
-    )
-    shell = Shell(master, session, history)
-    print(f"cloudq master on {address}. Type `help` for commands, Ctrl-D to quit.")
+    shell = Shell(master, history)
+    print(f"cloudq master on {address}. Type `help` for commands, Tab to complete, Ctrl-D to quit.")
+    shell.watcher.start()
     try:
         shell.loop()
     finally:
         shell.finish_changes()
+        shell.watcher.stop()
+
+
+VERTICAL_FLAGS = ("--vertical", "-vertical")
+
+
+def _without_g(line: str) -> str:
+    """The line without a trailing `\\G` (pgcli's "this one as records"), read before shlex,
+    which would take the backslash for an escape."""
+    stripped = line.rstrip()
+    return stripped[:-2] if stripped.endswith("\\G") else line
+
+
+def vertical_request(words: list[str], line: str) -> tuple[list[str], bool]:
+    """The words without `--vertical`, and whether the output is asked for as records
+    (`--vertical` anywhere, or `\\G` at the end of `line`)."""
+    kept = [word for word in words if word not in VERTICAL_FLAGS]
+    return kept, len(kept) != len(words) or line.rstrip().endswith("\\G")
 
 
 class Shell:
-    def __init__(self, master: Any, session: PromptSession[str], history: ShellHistory) -> None:
+    def __init__(self, master: Any, history: ShellHistory) -> None:
         self.master = master
-        self.session = session
         self.history = history
+        mode = os.environ.get("CLOUDQ_NOTICES", "on")
+        self.notice_mode = mode if mode in NOTICE_MODES else "on"
+        self.watcher = Watcher(master, self.notify)
+        with contextlib.suppress(OSError):
+            self.watcher.learn_from_history(
+                line for _, line in zip(range(HISTORY_LINES_LEARNT), history.load_history_strings(),
+                                        strict=False))
+        self.session: PromptSession[str] = PromptSession(
+            history=history, auto_suggest=AutoSuggestFromHistory(),
+            completer=ThreadedCompleter(RegistryCompleter(self.watcher.live)),
+            complete_while_typing=False,
+            bottom_toolbar=self._toolbar,
+            refresh_interval=REFRESH_S, style=Style.from_dict(STYLE),
+        )
         self.jobs: list[Job] = []  # the current one and those left running in the background
-        self._pending: list[str] = []  # lines from background jobs not printed yet
+        self._pending: list[tuple[str, str]] = []  # (style, line) not printed yet
         self._lock = threading.Lock()
+
+    def _toolbar(self) -> FormattedText:
+        columns = self.session.app.output.get_size().columns
+        return toolbar(self.watcher.figures(), self.notice_mode, columns=columns)
 
     def loop(self) -> None:
         failures = 0  # of the prompt itself, in a row
@@ -54,12 +107,15 @@ class Shell:
             try:
                 self._print_pending()
                 try:
-                    line = self.session.prompt(PROMPT)
+                    with patch_stdout(raw=True):
+                        line = self.session.prompt(PROMPT)
                     failures = 0
                 except KeyboardInterrupt:
                     continue  # Ctrl-C at the prompt: the line is dropped
                 except EOFError:
-                    return
+                    if self._may_quit():
+                        return
+                    continue
                 except Exception as err:  # a key the prompt cannot handle must not stop the master
                     failures += 1
                     if failures >= MAX_PROMPT_FAILURES:  # no usable terminal: leave as Ctrl-D would
@@ -74,11 +130,20 @@ class Shell:
     def run_line(self, line: str) -> bool:
         """Runs one line; False when the shell should end (quit)."""
         try:
-            cmd, args = parse(split_line(line))
+            words, vertical = vertical_request(split_line(_without_g(line)), line)
+            if words and (words[0] in LOCAL or words[0] in QUIT_WORDS):
+                return self._run_local(line, words)
+            cmd, args = parse(words)
         except CloudqError as err:
             self._error(err)  # not kept in the history
             return True
         self.history.keep(line)
+        self.watcher.remember(cmd.name, args)
+        topic = getattr(args, "topic", None) if cmd.name == "help" else None
+        if topic in LOCAL or topic in QUIT_WORDS:  # the shell's own commands: their own help
+            parser = LOCAL["quit" if topic in QUIT_WORDS else topic]
+            self._print_result(Result(title=parser.prog, status=parser.format_help().strip()), "help")
+            return True
         job = Job(self.master, cmd, args, self._announce, self._note)
         self.jobs.append(job)
         try:
@@ -97,10 +162,10 @@ class Shell:
             return True
         finally:
             self.jobs = [j for j in self.jobs if not j.done.is_set()]
-        try:
-            print(render(result), flush=True)
-        except KeyboardInterrupt:
-            self._say(f"\ninterrupted: the output was cut short ({cmd.name} itself had finished)")
+        if cmd.name == "help" and not args.topic:
+            result.rows += [[name, "", parser.description] for name, parser in LOCAL.items()
+                            if name not in QUIT_WORDS]
+        self._print_result(result, cmd.name, vertical)
         return True
 
     def finish_changes(self) -> None:
@@ -117,7 +182,49 @@ class Shell:
                     continue
             self._print_pending()
 
+    # ------------------------------------------------------------------ the shell's own commands
+    def _run_local(self, line: str, words: list[str]) -> bool:
+        name = "quit" if words[0] in QUIT_WORDS else words[0]
+        args = LOCAL[name].parse_args(words[1:])
+        self.history.keep(line)
+        if name == "quit":
+            return not self._may_quit(force=args.force)
+        if args.mode:
+            self.notice_mode = args.mode
+        self._say(f"notices {self.notice_mode}: {NOTICE_MODE_HELP[self.notice_mode]}")
+        return True
+
+    def _may_quit(self, force: bool = False) -> bool:
+        """Quit and Ctrl-D stop the master: with tasks running, the operator says so first."""
+        if force:
+            return True
+        try:
+            counts = self.master.counts()
+            busy = counts.get("running", 0) + counts.get("assigned", 0)
+            ids = self.master.listing_ids("running", 5) if busy else []
+        except Exception:  # noqa: BLE001 - the master cannot say: do not hold the operator
+            return True
+        if not busy:
+            return True
+        some = ", ".join(ids) + (", ..." if busy > len(ids) else "")
+        question = (f"{busy} task{'s are' if busy != 1 else ' is'} running ({some}). "
+                    f"Quit and stop the master anyway?")
+        try:
+            yes = confirm(question)
+        except (KeyboardInterrupt, EOFError):
+            yes = False
+        if not yes:
+            self._say("not quitting (`quit --force` does not ask)")
+        return yes
+
     # ------------------------------------------------------------------ output
+    def _print_result(self, result: Result, name: str, vertical: bool = False) -> None:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        try:
+            pager.show(render(result, vertical=vertical, colour=colour))
+        except KeyboardInterrupt:
+            self._say(f"\ninterrupted: the output was cut short ({name} itself had finished)")
+
     def _say(self, text: str) -> None:
         print(neutralise(text), flush=True)
 
@@ -127,26 +234,42 @@ class Shell:
     def _note(self, text: str) -> None:
         print_formatted_text(FormattedText([("ansibrightblack", neutralise(text))]))
 
-    def _announce(self, text: str) -> None:
-        """From a background job's thread: printed above the prompt if one is shown, otherwise
-        before the next one."""
-        with self._lock:
-            self._pending.append(text)
-        app = self.session.app
-        if app.is_running and app.loop is not None:
-            with contextlib.suppress(RuntimeError):  # the prompt's loop has just closed
-                app.loop.call_soon_threadsafe(self._print_pending_above_prompt)
+    def notify(self, notices: list[Notice]) -> None:
+        """From the watcher's thread: the notices the mode shows, above the prompt."""
+        lines = [("ansired" if n.error else "", n.line()) for n in select(notices, self.notice_mode)]
+        if lines:
+            self._queue(lines)
 
-    def _take_pending(self) -> list[str]:
+    def _announce(self, text: str) -> None:
+        """From a background job's thread: a line about a command interrupted earlier."""
+        self._queue([("", neutralise(text))])
+
+    def _queue(self, lines: list[tuple[str, str]]) -> None:
+        """Printed above the prompt if one is shown, otherwise before the next one."""
+        with self._lock:
+            self._pending += lines
+        app = self.session.app
+        loop = app.loop
+        if app.is_running and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the prompt's loop has just closed
+                loop.call_soon_threadsafe(self._print_pending_above_prompt)
+
+    def _take_pending(self) -> list[tuple[str, str]]:
         with self._lock:
             pending, self._pending = self._pending, []
         return pending
 
     def _print_pending(self) -> None:
-        for text in self._take_pending():
-            self._say(text)
+        for style, text in self._take_pending():
+            print_formatted_text(FormattedText([(style, text)]))
+        sys.stdout.flush()
 
     def _print_pending_above_prompt(self) -> None:  # in the prompt's event loop
+        app = self.session.app
+        if not app.is_running or app.is_done:
+            # The line has just been entered: printing now would erase it from the screen.
+            # The loop prints what is pending before the next prompt.
+            return
         pending = self._take_pending()
         if pending:
-            run_in_terminal(lambda: [self._say(text) for text in pending])
+            run_in_terminal(lambda: [print_formatted_text(FormattedText([line])) for line in pending])

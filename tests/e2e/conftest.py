@@ -23,6 +23,7 @@ import pytest
 from tests.cluster.harness import ROOT, wait_until
 
 PROMPT = "master>"  # the prompt as capture-pane shows it, trailing space stripped
+NOTICE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # a notice printed above the prompt
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -102,21 +103,34 @@ class TmuxShell:
     def _pane_format(self, fmt: str) -> str:
         return self._tmux("list-panes", "-t", self.session, "-F", fmt).strip()
 
-    def lines(self) -> list[str]:
-        """Everything the pane has shown (scrollback and screen), wrapped lines joined, with
-        trailing blank lines dropped: the last line is where the cursor's prompt is."""
-        text = self._tmux("capture-pane", "-p", "-J", "-S", "-", "-t", self.session)
+    def lines(self, notices: bool = False) -> list[str]:
+        """Everything the pane has shown (scrollback and screen) up to the cursor's line,
+        wrapped lines joined, with trailing blank lines dropped: the last line is where the
+        cursor's prompt is (the toolbar and a completion menu below it are left out).
+
+        Notices (`[HH:MM:SS] ...`) come whenever the cluster changes, so they are left out
+        too, unless asked for: a command's output is then the same whenever they come."""
+        text = self._tmux("capture-pane", "-p", "-J", "-S", "-", "-E", self._cursor_row(),
+                          "-t", self.session)
         lines = [line.rstrip() for line in text.splitlines()]
+        if not notices:
+            lines = [line for line in lines if not NOTICE.match(line)]
         while lines and not lines[-1]:
             lines.pop()
         return lines
+
+    def _cursor_row(self) -> str:
+        """The cursor's row on the screen, or the screen's last row once the pane is dead."""
+        row, dead, height = self._pane_format("#{cursor_y} #{pane_dead} #{pane_height}").split()
+        return str(int(height) - 1) if dead == "1" else row
 
     def screen(self) -> str:
         return "\n".join(self.lines())
 
     def styled_lines(self) -> list[str]:
         """As lines(), with the colours as escape sequences."""
-        text = self._tmux("capture-pane", "-p", "-e", "-J", "-S", "-", "-t", self.session)
+        text = self._tmux("capture-pane", "-p", "-e", "-J", "-S", "-", "-E", self._cursor_row(),
+                          "-t", self.session)
         return [line.rstrip() for line in text.splitlines()]
 
     def type(self, text: str) -> None:

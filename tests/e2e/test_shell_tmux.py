@@ -46,6 +46,19 @@ def field(out: list[str], name: str) -> str | None:
     return None
 
 
+def run_paged(shell: TmuxShell, line: str) -> list[str]:
+    """Runs a line whose output is taller than the pane: the pager shows its first screen and
+    waits (less's `:`); `q` leaves it. Returns what is on the screen above the next prompt."""
+    start = shell.idle_prompt()
+    shell.type(line)
+    shell.wait(lambda: shell.current_line().startswith(f"{PROMPT} {line}"), 10, f"the typed line {line!r}")
+    shell.key("Enter")
+    shell.wait(lambda: shell.current_line() == ":", 10, "the pager's prompt")
+    shell.key("q")
+    end = shell.wait_prompt(after=start)
+    return shell.lines()[start + 1:end]
+
+
 def task_counts(shell: TmuxShell) -> dict[str, int]:
     """Tasks by state, from the `status` command's `tasks STATE  N` lines."""
     out = shell.run("status")
@@ -88,7 +101,7 @@ def test_prompt_comes_up_and_help_lists_the_commands(shell: TmuxShell) -> None:
     listed = {line.split()[0] for line in out[3:] if line.strip()}  # after title, header, rule
     assert listed >= COMMAND_NAMES, "help printed:\n" + "\n".join(out)
 
-    out = shell.run("help task")
+    out = run_paged(shell, "help task")  # taller than the pane: through the pager
     assert any(line.startswith("usage: task") for line in out), "\n".join(out)
     assert any("--exec" in line for line in out)
 
@@ -128,7 +141,7 @@ def test_exec_task_completes_and_its_output_is_in_logs(shell: TmuxShell) -> None
 def test_too_big_task_stays_queued_and_why_says_insufficient_cpu(shell: TmuxShell) -> None:
     out = shell.run("task -cpu_cores 64 --exec true")
     task_id = submitted_id(out)
-    assert out[1].startswith(f"{task_id} queued"), "\n".join(out)
+    assert out[0].startswith(f"Task {task_id} queued: "), "\n".join(out)
 
     out = shell.run(f"why {task_id}")
     assert out[0] == f"{task_id} is queued"

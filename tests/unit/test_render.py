@@ -99,3 +99,44 @@ def test_errors_are_neutralised_and_capped() -> None:
                                    [{"id": f"t{i}", "spec": {"argv": ["echo", str(i)]}} for i in range(5)]])
 def test_json_list_chunks_match_one_dump(items: list) -> None:
     assert "".join(json_list_chunks(iter(items))) == json.dumps(items, indent=2)
+
+
+LONG_REASON = "Fits on none of 3 workers. worker-1: Insufficient CPU: worker has 2.00 available, " \
+    "task requires 8.00; worker-2: Insufficient memory: worker has 1.0 GB available, task requires 16.0 GB"
+
+
+def _queue(reason: str = LONG_REASON) -> Result:
+    return Result(title="2 unfinished tasks", headers=["id", "kind", "state", "worker", "reason"],
+                  rows=[["t1", "exec", "queued", "", reason], ["t2", "container", "running", "worker-1", "Running"]])
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_long_reason_is_cut_before_the_table_changes_layout(width: int) -> None:
+    text = render(_queue(), width=width)
+    print(f"\n{text}")
+    lines = text.splitlines()
+    assert "RECORD" not in text and max(map(len, lines)) <= width
+    assert lines[1].split() == ["id", "kind", "state", "worker", "reason"]
+    row = next(line for line in lines if line.startswith("t1"))
+    assert row.endswith("…") and "Fits on none of 3 workers" in row
+
+
+def test_a_table_that_cannot_fit_prints_records() -> None:
+    text = render(_queue(), width=30)
+    assert text.splitlines()[1] == "-[ RECORD 1 ]" + "-" * 17
+    assert "state   queued" in text
+
+
+def test_records_on_demand_and_colours_only_when_asked() -> None:
+    text = render(_queue("short"), width=200, vertical=True)
+    assert "-[ RECORD 2 ]" in text and "worker  worker-1" in text
+    plain = render(_queue("short"), width=200)
+    assert "\x1b" not in plain
+    coloured = render(_queue("short"), width=200, colour=True)
+    assert "\x1b[33mqueued\x1b[0m" in coloured and "\x1b[32mrunning\x1b[0m" in coloured
+    # Colour codes do not count as width: the columns line up as without them.
+    strip = re.compile(r"\x1b\[[0-9;]*m")
+    assert strip.sub("", coloured) == plain
+    # And they are the only escapes: task data is neutralised before they are added.
+    hostile = render(_queue(f"{CLEAR}boom"), width=200, colour=True)
+    assert "\\x1b[2J" in hostile and not ACTIVE.search(strip.sub("", hostile))
