@@ -28,7 +28,7 @@ CLOCK_SKEW_S = 300.0  # a worker's time may run this far ahead of the master's
 MAX_RUN_S = 366 * 24 * 3600.0  # ...or this far behind: no task has run longer
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Report:
     """One checked report item: progress, a start, or an outcome of one attempt."""
 
@@ -50,130 +50,144 @@ class Report:
         return bool(self.result) and self.result.get("fault") == "worker"
 
 
+class _Bad(ValueError):
+    """A field failed its check; parse_report adds which report and field it was."""
+
+
 def parse_report(raw: Any, now: float) -> Report:
-    """A checked Report, or ValidationError saying what was wrong."""
+    """A checked Report, or ValidationError saying what was wrong. On the task path for every
+    outcome, so the checks are plain and messages are only built for a failure."""
     if not isinstance(raw, dict):
         raise ValidationError("a report must be an object")
     task = raw.get("task")
-    if not isinstance(task, str) or not 0 < len(task) <= MAX_ID_CHARS:
+    if type(task) is not str or not 0 < len(task) <= MAX_ID_CHARS:
         raise ValidationError(f"report 'task' must be a task id, got {_short(task)}")
-    attempt = raw.get("attempt")
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 < attempt < 1 << 31:
-        raise ValidationError(f"report for {task}: 'attempt' must be a positive whole number")
-    state = raw.get("state")
-    if state is not None and (not isinstance(state, str) or state not in STATES):
-        raise ValidationError(f"report for {task}: unknown state {_short(state)}")
-    return Report(
-        task=task, attempt=attempt, state=state,
-        started_at=_time(raw.get("started_at"), f"report for {task}: 'started_at'", now),
-        progress=_progress(raw.get("progress"), task) if "progress" in raw else None,
-        log_tail=_text(raw.get("log_tail"), MAX_LOG_TAIL_CHARS, f"report for {task}: 'log_tail'"),
-        result=_result(raw.get("result"), task, now) if state in OUTCOMES else None,
-    )
+    field = "attempt"
+    try:
+        attempt = raw.get("attempt")
+        if type(attempt) is not int or not 0 < attempt < 1 << 31:
+            raise _Bad("must be a positive whole number")
+        field = "state"
+        state = raw.get("state")
+        if state is not None and (type(state) is not str or state not in STATES):
+            raise _Bad(f"is unknown: {_short(state)}")
+        field = "started_at"
+        started_at = _time(raw.get("started_at"), now)
+        field = "progress"
+        progress = _progress(raw.get("progress"))
+        field = "log_tail"
+        log_tail = _text(raw.get("log_tail"), MAX_LOG_TAIL_CHARS)
+        result = None
+        if state in OUTCOMES:
+            field = "result"
+            result = _result(raw.get("result"), now)
+    except _Bad as err:
+        raise ValidationError(f"report for {task}: {field!r} {err}") from None
+    return Report(task, attempt, state, started_at, progress, log_tail, result)
 
 
-def _time(value: Any, what: str, now: float) -> float | None:
+def _time(value: Any, now: float) -> float | None:
     """A moment on the worker's clock, within a sane window of ours."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValidationError(f"{what} must be a time in seconds, got {_short(value)}")
+    kind = type(value)
+    if (kind is not float and kind is not int) or not math.isfinite(value):
+        raise _Bad(f"must be a time in seconds, got {_short(value)}")
     if not now - MAX_RUN_S <= value <= now + CLOCK_SKEW_S:
-        raise ValidationError(f"{what} is {value - now:+.0f}s from the master's clock")
+        raise _Bad(f"is {value - now:+.0f}s from the master's clock")
     return float(value)
 
 
-def _text(value: Any, limit: int, what: str) -> str | None:
+def _text(value: Any, limit: int) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} must be text")
-    return value[-limit:]
+    if type(value) is not str:
+        raise _Bad("must be text")
+    return value if len(value) <= limit else value[-limit:]
 
 
-def _progress(value: Any, task: str) -> dict[str, Any] | None:
+def _progress(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) > MAX_PROGRESS_KEYS:
-        raise ValidationError(f"report for {task}: 'progress' must be an object of at most "
-                              f"{MAX_PROGRESS_KEYS} figures")
+        raise _Bad(f"must be an object of at most {MAX_PROGRESS_KEYS} figures")
     out: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or len(key) > MAX_ID_CHARS:
-            raise ValidationError(f"report for {task}: a progress key is not a short name")
+            raise _Bad("has a key that is not a short name")
         if isinstance(item, float) and not math.isfinite(item):
             item = None
         elif isinstance(item, str):
             item = item[:256]
         elif item is not None and not isinstance(item, bool | int | float):
-            raise ValidationError(f"report for {task}: progress {key!r} must be a number or text")
+            raise _Bad(f"{key!r} must be a number or text")
         out[key] = item
     return out
 
 
-def _result(value: Any, task: str, now: float) -> dict[str, Any]:
+def _result(value: Any, now: float) -> dict[str, Any]:
     """An outcome's result: only the fields the master knows, each checked; others dropped."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValidationError(f"report for {task}: 'result' must be an object")
-    what = f"report for {task}: result"
+        raise _Bad("must be an object")
     out: dict[str, Any] = {}
-    for key, check in _RESULT_FIELDS.items():
+    for key, check in _RESULT_FIELDS:
         if key in value:
-            out[key] = check(value[key], f"{what} {key!r}", now)
+            try:
+                out[key] = check(value[key], now)
+            except _Bad as err:
+                raise _Bad(f"field {key!r} {err}") from None
     return out
 
 
-def _exit_code(value: Any, what: str, now: float) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or not -(1 << 31) <= value < 1 << 32):
-        raise ValidationError(f"{what} must be a whole number")
+def _exit_code(value: Any, now: float) -> int | None:
+    if value is not None and (type(value) is not int or not -(1 << 31) <= value < 1 << 32):
+        raise _Bad("must be a whole number")
     return value
 
 
-def _seconds(value: Any, what: str, now: float) -> float | None:
+def _seconds(value: Any, now: float) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and 0 <= value <= MAX_RUN_S
-    ):
-        raise ValidationError(f"{what} must be seconds")
+    kind = type(value)
+    if (kind is not float and kind is not int) or not (math.isfinite(value) and 0 <= value <= MAX_RUN_S):
+        raise _Bad("must be seconds")
     return float(value)
 
 
 def _one_of(choices: tuple[str, ...]) -> Any:
-    def check(value: Any, what: str, now: float) -> str | None:
-        if value is not None and (not isinstance(value, str) or value not in choices):
-            raise ValidationError(f"{what} must be one of {', '.join(choices)}")
+    def check(value: Any, now: float) -> str | None:
+        if value is not None and (type(value) is not str or value not in choices):
+            raise _Bad(f"must be one of {', '.join(choices)}")
         return value
     return check
 
 
-def _output(value: Any, what: str, now: float) -> dict[str, Any]:
-    if value is None:
+def _output(value: Any, now: float) -> dict[str, Any]:
+    if value is None or value == {}:
         return {}
     if not isinstance(value, dict):
-        raise ValidationError(f"{what} must be an object")
+        raise _Bad("must be an object")
     try:
         size = len(orjson.dumps(value))
     except (TypeError, orjson.JSONEncodeError):
-        raise ValidationError(f"{what} is not plain JSON") from None
+        raise _Bad("is not plain JSON") from None
     if size > MAX_OUTPUT_BYTES:
-        raise ValidationError(f"{what} of {size} bytes is over {MAX_OUTPUT_BYTES}")
+        raise _Bad(f"of {size} bytes is over {MAX_OUTPUT_BYTES}")
     return value
 
 
-_RESULT_FIELDS: dict[str, Any] = {
-    "status": _one_of(STATES),
-    "exit_code": _exit_code,
-    "duration_s": _seconds,
-    "error": lambda value, what, now: _text(value, MAX_ERROR_CHARS, what),
-    "log_tail": lambda value, what, now: _text(value, MAX_LOG_TAIL_CHARS, what),
-    "fault": _one_of(FAULTS),
-    "started_at": _time,
-    "output": _output,
-}
+_RESULT_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("status", _one_of(STATES)),
+    ("exit_code", _exit_code),
+    ("duration_s", _seconds),
+    ("error", lambda value, now: _text(value, MAX_ERROR_CHARS)),
+    ("log_tail", lambda value, now: _text(value, MAX_LOG_TAIL_CHARS)),
+    ("fault", _one_of(FAULTS)),
+    ("started_at", _time),
+    ("output", _output),
+)
 
 
 def _short(value: Any) -> str:
