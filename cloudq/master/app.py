@@ -57,7 +57,7 @@ class MasterProcess:
         journal = StoreJournal(self.store)
         self.master = Master(journal, options.config)
         self.master.restore(state.records.values(), state.events, state.meta)
-        journal.on_failure = self._roll_back
+        journal.on_failure = self.master.roll_back
         del state
         _tune_gc()
         slots = ConnectionSlots(options.max_connections, options.max_connections_per_peer)
@@ -73,13 +73,6 @@ class MasterProcess:
         self.workers = [self._start_worker(i) for i in range(1, options.local_workers + 1)]
         print(f"cloudq master listening on {self.address} ({len(self.master.tasks)} tasks loaded"
               f" from {options.data_dir})", file=sys.stderr, flush=True)
-
-    def _roll_back(self) -> None:
-        """A journal write failed: the master's memory goes back to what the disk holds."""
-        with self.master._lock:  # no operation between its change and its journalling
-            state = self.master.journal.reload()
-            self.master.roll_back_to(state.records.values(), state.events, state.meta)
-        log.warning("rolled back to the %d tasks on disk", len(self.master.tasks))
 
     def _start_worker(self, index: int) -> subprocess.Popen:
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind

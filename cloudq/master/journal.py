@@ -42,6 +42,9 @@ class Journal(Protocol):
     def check_writable(self) -> None:
         """Raises StoreError when a change could not be stored now (a full disk)."""
 
+    def reload(self) -> Any:
+        """What is durable (records, events, meta): the state a failed write rolls back to."""
+
 
 class NullJournal:
     """Keeps nothing: for unit tests of the core and for benchmarks of placement alone."""
@@ -64,6 +67,9 @@ class NullJournal:
 
     def check_writable(self) -> None:
         return None
+
+    def reload(self) -> Any:
+        raise StoreError("nothing is stored: there is no state to go back to")
 
 
 class StoreJournal:
@@ -176,6 +182,7 @@ class StoreJournal:
                 try:
                     self.on_failure()
                     rolled_back = True
+                    log.warning("memory rolled back to what the disk holds; waiting for room")
                 except Exception:  # noqa: BLE001 - try again at the next probe
                     log.exception("rolling back to the disk failed; trying again")
             time.sleep(self.probe_every_s)

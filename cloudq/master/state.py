@@ -139,19 +139,20 @@ class MasterState:
                 record.draining = bool(flags.get("draining"))
                 record.quarantine_reason = str(flags.get("reason") or "")
 
-    def roll_back_to(self, records: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]],
-                     meta: dict[str, Any] | None) -> None:
+    def roll_back(self) -> None:
         """After a failed journal write: forget everything and take the state on disk, so
-        nothing shown was not stored. Workers lose their sessions (a fetch waiting now
-        returns nothing); they register again with what they run and are re-adopted, as
-        after a master restart."""
+        nothing shown was not stored. Under the lock, so no operation sits between its change
+        and its journalling. Workers lose their sessions (a fetch waiting now returns
+        nothing); they register again with what they run and are re-adopted, as after a
+        master restart."""
         with self._lock:
+            stored = self.journal.reload()
             for name, record in self.workers.items():
                 record.connected = False
                 record.session += 1
                 self._wakeups[name].notify_all()
             self._fresh()
-            self.restore(records, events, meta)
+            self.restore(stored.records.values(), stored.events, stored.meta)
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
