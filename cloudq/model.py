@@ -14,7 +14,7 @@ from typing import Any
 
 from cloudq import defaults
 from cloudq.errors import ValidationError
-from cloudq.specs import capabilities_of, validate_spec
+from cloudq.specs import KINDS, capabilities_of, validate_spec
 
 
 class TaskState(StrEnum):
@@ -69,7 +69,7 @@ class Priority(StrEnum):
 _QUEUE_RANK = {q: i for i, q in enumerate(QueueClass)}
 _PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}
 
-TASK_KINDS = ("ffmpeg", "container", "exec", "noop")
+TASK_KINDS = KINDS  # the one list, kept with the specs
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")

@@ -16,6 +16,8 @@ from cloudq.specs import exec as exec_spec
 from cloudq.specs.fields import check_mapping
 from cloudq.specs.scenarios import CODECS, KNOWN_ENCODERS, Scenario, parse_scenario
 
+# Every kind of task, once: the model, runners, the `task` command and docs/runners.md follow
+# this list, and tests/unit/test_task_kinds.py checks that each of them covers every kind.
 KINDS = ("ffmpeg", "container", "exec", "noop")
 
 _MODULES: dict[str, ModuleType] = {
@@ -24,6 +26,7 @@ _MODULES: dict[str, ModuleType] = {
     "exec": exec_spec,
     "noop": noop,
 }
+assert tuple(_MODULES) == KINDS, "a task kind without a spec module, or one too many"
 
 __all__ = [
     "CODECS",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from cloudq.errors import RunnerError, SpecError
-from cloudq.specs import validate_spec
+from cloudq.specs import KINDS, validate_spec
 from cloudq.worker.runners import container, ffmpeg, noop
 from cloudq.worker.runners import exec as exec_runner
 from cloudq.worker.runners.base import (
@@ -34,6 +34,7 @@ RUNNERS: dict[str, Callable[[RunContext], RunResult]] = {
     "exec": exec_runner.run,
     "noop": noop.run,
 }
+assert tuple(RUNNERS) == KINDS, "a task kind without a runner, or one too many"
 
 __all__ = [
     "is_instant",
