@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import ThreadedCompleter
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.renderer import print_formatted_text as write_formatted
 from prompt_toolkit.shortcuts import confirm, print_formatted_text
 from prompt_toolkit.styles import Style
 
@@ -107,7 +107,7 @@ class Shell:
             try:
                 self._print_pending()
                 try:
-                    with patch_stdout(raw=True):
+                    with patch_stdout(raw=True):  # a stray write from a thread: above the prompt
                         line = self.session.prompt(PROMPT)
                     failures = 0
                 except KeyboardInterrupt:
@@ -271,5 +271,16 @@ class Shell:
             # The loop prints what is pending before the next prompt.
             return
         pending = self._take_pending()
-        if pending:
-            run_in_terminal(lambda: [print_formatted_text(FormattedText([line])) for line in pending])
+        if not pending:
+            return
+        # What run_in_terminal does (and print_formatted_text, which defers to it while a
+        # prompt runs), without its switch to cooked mode: keys typed meanwhile, and the
+        # terminal's answers to cursor position requests, would be echoed into the middle of
+        # the notices. Here the terminal stays raw, and this runs in the prompt's own loop,
+        # so no key is handled halfway.
+        app.renderer.erase()
+        for line in pending:
+            write_formatted(app.output, FormattedText([line, ("", "\n")]), app.style)
+        app.output.flush()
+        app.renderer.request_absolute_cursor_position()
+        app.invalidate()
