@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from cloudq.rpc.client import MasterClient
-from tests.e2e.conftest import PROMPT, TmuxShell
-from tests.e2e.test_shell_tmux import field, submitted_id, worker_available
+from tests.e2e.conftest import NOTICE, PROMPT, TmuxShell
+from tests.e2e.test_shell_tmux import field, run_paged, submitted_id, worker_available
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -153,3 +153,24 @@ def test_quit_force_does_not_ask(start_shell: Callable[..., TmuxShell]) -> None:
     shell.type("quit --force")
     shell.key("Enter")
     assert shell.wait_exit() == 0
+
+
+def test_a_stream_of_notices_never_garbles_the_lines_typed(start_shell: Callable[..., TmuxShell]) -> None:
+    """Tasks finishing and being assigned several times a second while lines are typed and
+    entered: every command line stays whole on the screen, and no key or terminal answer is
+    echoed into a notice (the terminal stays raw while they print)."""
+    shell = _sized(start_shell, 200)
+    batch = shell.tmp / "stream.txt"
+    batch.write_text("--noop --sleep 0.2\n" * 300)
+    run_paged(shell, f"submit {batch}")
+    for _ in range(25):
+        out = shell.run("status")  # asserts that the line typed is the one on the screen
+        assert out[0] == "cloudq status", "\n".join(out)
+    lines = shell.lines(notices=True)
+    notices = [line for line in lines if NOTICE.match(line)]
+    print(f"\n{len(notices)} notices while 25 lines were typed, e.g. {notices[-1]!r}")
+    assert len(notices) > 10
+    assert not any("\x1b" in line or "^[" in line or "R[" in line for line in lines), \
+        [line for line in lines if "^[" in line or "R[" in line]
+    assert all(NOTICE.match(line) or not re.search(r"\[\d\d:\d\d:\d\d\] ", line) for line in lines), \
+        "a notice was printed into another line"
