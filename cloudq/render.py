@@ -84,6 +84,7 @@ def _cut(text: str, width: int) -> str:
 # Columns of free text, cut first when a table is too wide: the whole text is in `show ID`.
 FREE_TEXT = frozenset({"reason", "last error", "last_error", "error", "what", "why", "message",
                        "labels", "spec", "image", "image/scenario", "name"})
+COMFORTABLE_FREE = 40  # free text is cut to this before headers wrap
 MIN_FREE = 16  # a free-text column is cut to no fewer columns than this
 MIN_OTHER = 8  # nor any other column, before the table is printed as blocks instead
 _GAP = 2  # tabulate's "simple" format puts two spaces between columns
@@ -108,21 +109,33 @@ def paint(text: str, value: str) -> str:
 
 
 def fit_widths(headers: list[str], rows: list[list[str]], width: int) -> list[int] | None:
-    """Column widths that fit `width`: the widest free-text column (reason, last error) is cut
-    first, down to MIN_FREE, then the next; then any column wider than MIN_OTHER, widest first.
-    None when even that does not fit (the table is then printed as blocks)."""
-    widths = [max([len(h) + _HEADER_PAD, *(len(row[i]) for row in rows if i < len(row))])
-              for i, h in enumerate(headers)]
+    """Column widths that fit `width`, losing as little as it can, in this order: the widest
+    free-text column (reason, last error) is cut down to COMFORTABLE_FREE, then the next; the
+    headers wrap onto two lines (after `/` or at a space: nothing is lost); free text is cut
+    further, down to MIN_FREE; then any column wider than MIN_OTHER, widest first. None when
+    even that does not fit (the table is then printed as records)."""
+    data = [max((len(row[i]) for row in rows if i < len(row)), default=0) for i in range(len(headers))]
+    widths = [max(len(h) + _HEADER_PAD, d) for h, d in zip(headers, data, strict=True)]
     excess = sum(widths) + _GAP * (len(widths) - 1) - width
     free = sorted((i for i, h in enumerate(headers) if h.strip().lower() in FREE_TEXT),
                   key=lambda i: -widths[i])
-    for i in free:
-        if excess <= 0:
-            break
-        cut = min(excess, widths[i] - MIN_FREE)
-        if cut > 0:
-            widths[i] -= cut
-            excess -= cut
+
+    def cut_free(floor: int) -> None:
+        nonlocal excess
+        for i in free:
+            cut = min(excess, widths[i] - floor)
+            if excess > 0 and cut > 0:
+                widths[i] -= cut
+                excess -= cut
+
+    cut_free(COMFORTABLE_FREE)
+    if excess > 0:
+        for i, header in enumerate(headers):
+            narrower = max(data[i], _two_lines(header) + _HEADER_PAD)
+            if narrower < widths[i] and i not in free:
+                excess -= widths[i] - narrower
+                widths[i] = narrower
+    cut_free(MIN_FREE)
     while excess > 0:
         i = max(range(len(widths)), key=lambda j: widths[j])
         if widths[i] <= MIN_OTHER:
@@ -132,6 +145,39 @@ def fit_widths(headers: list[str], rows: list[list[str]], width: int) -> list[in
         widths[i] -= cut
         excess -= cut
     return widths
+
+
+def _two_lines(header: str) -> int:
+    """The width of `header` written on two lines, broken where it reads best."""
+    words = _header_words(header)
+    best = len(header)
+    for split in range(1, len(words)):
+        first = "".join(w if w.endswith("/") else w + " " for w in words[:split]).rstrip()
+        second = "".join(w if w.endswith("/") else w + " " for w in words[split:]).rstrip()
+        best = min(best, max(len(first), len(second)))
+    return best
+
+
+_HEADER_BREAK = re.compile(r"(?<=/)|\s+")
+
+
+def _header_words(header: str) -> list[str]:
+    return [word for word in _HEADER_BREAK.split(header) if word] or [""]
+
+
+def wrap_header(header: str, width: int) -> str:
+    """`header` on as many lines as it needs to be `width` wide (`cpu/mem/` over `disk/gpu`)."""
+    if len(header) <= width:
+        return header
+    lines: list[str] = []
+    for word in _header_words(header):
+        word = _cut(word, width)
+        joined = lines[-1] + ("" if lines[-1].endswith("/") else " ") + word if lines else word
+        if lines and len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def _table(result: Result, width: int, vertical: bool = False, colour: bool = False) -> str:
@@ -145,7 +191,7 @@ def _table(result: Result, width: int, vertical: bool = False, colour: bool = Fa
     widths = None if vertical else fit_widths(headers, rows, width)
     if widths is None:  # asked for, or too wide even cut: one record after another
         return _blocks(headers, rows, width, colour)
-    headers = [_cut(h, w - _HEADER_PAD) for h, w in zip(headers, widths, strict=False)]
+    headers = [wrap_header(h, w - _HEADER_PAD) for h, w in zip(headers, widths, strict=False)]
     rows = [[_cut(v, widths[i]) if i < len(widths) else v for i, v in enumerate(row)] for row in rows]
     if colour:
         painted = {i for i, h in enumerate(headers) if h.strip() in COLOURED_COLUMNS}

@@ -140,3 +140,14 @@ def test_records_on_demand_and_colours_only_when_asked() -> None:
     # And they are the only escapes: task data is neutralised before they are added.
     hostile = render(_queue(f"{CLEAR}boom"), width=200, colour=True)
     assert "\\x1b[2J" in hostile and not ACTIVE.search(strip.sub("", hostile))
+
+
+def test_headers_wrap_before_free_text_is_cut_short() -> None:
+    result = Result(headers=["id", "cpu/mem/disk/gpu", "in queue", "reason"],
+                    rows=[["t1", "2/0/0/0", "4s", "x" * 30 + " the end!"]])
+    text = render(result, width=70)  # 78 on one line
+    print(f"\n{text}")
+    lines = text.splitlines()
+    assert lines[0].split() == ["id", "cpu/mem/", "in", "reason"]
+    assert lines[1].split() == ["disk/gpu", "queue"]
+    assert max(map(len, lines)) <= 70 and lines[-1].endswith("the end!")  # the reason is whole
