@@ -3,6 +3,7 @@ workers, then either opens the `master>` shell or runs as a service until SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -85,9 +86,11 @@ class MasterProcess:
             argv += ["--tls-dir", str(self.options.tls_dir)]
         log_path = self.options.data_dir / f"worker-{index}.log"
         with open(log_path, "ab") as out:
-            # A session of their own: Ctrl-C at the master's terminal is not theirs to get.
+            # A session of their own: Ctrl-C at the master's terminal is not theirs to get. But
+            # they end with the master, however it ends (kill -9 included): a restarted master
+            # starts its own worker-1, and an orphan of the same name would fight it.
             return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_end_with_parent)
 
     def serve_forever(self) -> None:
         """Service mode: until SIGTERM or SIGINT."""
@@ -114,6 +117,15 @@ class MasterProcess:
 
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _end_with_parent() -> None:
+    """In a local worker, before exec: SIGTERM when the master (the forking thread) dies."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: stopped by stop() only
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 def _raise_descriptor_limit() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
-from tests.cluster.harness import task_processes, wait_until
+import psutil
+
+from tests.cluster.harness import MasterProc, task_processes, wait_until
 
 
 def test_killed_worker_task_is_requeued_within_lease_and_runs_elsewhere(cluster):
@@ -105,3 +108,19 @@ def test_task_that_ends_while_the_master_is_down_is_reported_not_run_again(clust
     assert done["state"] == "completed" and done["attempt"] == 1, done
     assert len((marks / "once").read_text().split()) == 1, "the task ran again"
     assert "re-adopted after reconnect" in [e["reason"] for e in done["events"]]
+
+
+def test_local_workers_end_with_a_killed_master_but_not_with_its_ctrl_c(tmp_path):
+    """Local workers run in a session of their own (a Ctrl-C at the master's terminal is not
+    theirs), yet end with the master however it dies: an orphan worker-1 would fight the
+    worker-1 a restarted master starts."""
+    master = MasterProc(tmp_path / "data", "--local-workers", "1")
+    try:
+        worker = wait_until(lambda: psutil.Process(master.proc.pid).children(), 30, "the local worker")[0]
+        assert os.getsid(worker.pid) != os.getsid(master.proc.pid)
+        master.kill()
+        started = time.monotonic()
+        worker.wait(timeout=15)
+        print(f"\nlocal worker ended {time.monotonic() - started:.2f}s after the master was killed")
+    finally:
+        master.stop()
