@@ -117,12 +117,6 @@ class WorkerAgent(MasterConnection, TaskRunner):
                             silent, self._lease_s, len(self.running))
                 self._cancel_all()
 
-    def _lost_master(self, generation: int, err: Exception) -> None:
-        with self._reconnecting:  # both loops notice a lost master; one reconnects
-            if generation != self._generation:
-                return  # the other loop already reconnected
-            log.warning("lost the master (%s); tasks keep running, reconnecting", err)
-            self.connect()
 
     def _obey(self, instruction: dict[str, Any]) -> None:
         try:

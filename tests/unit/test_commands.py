@@ -9,21 +9,16 @@ from cloudq.commands.history import since_time
 from cloudq.errors import NotFoundError, ValidationError
 from cloudq.master.core import Master, MasterConfig
 from cloudq.model import TaskState
+from tests.unit.test_master_core import Clock
 
 S = TaskState
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    clock = Clock()
+    clock.now = 1_800_000_000.0  # a real date: `events --since 12:01:33` reads it
+    return clock
 
 
 @pytest.fixture
