@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real tools the test suite drives (ffmpeg, Docker engine, Prometheus, tmux,
+# Installs the real tools the test suite drives (ffmpeg, Docker engine, Prometheus, tmux, less,
 # busybox-static for the local container image) when run as root and any is missing.
 set -euo pipefail
 need=()
@@ -7,6 +7,8 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v tmux >/dev/null || need+=(tmux)
+command -v less >/dev/null || need+=(less)  # the shell's pager, driven by the tmux tests
+command -v prlimit >/dev/null || need+=(util-linux)  # descriptor-limit attack tests
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
