@@ -123,6 +123,9 @@ def _argument_candidates(parser: CommandParser, before: list[str], current: str,
         if parser is not LOCAL.get(parser.prog) and "vertical".startswith(current.lstrip("-")):
             found.append(("--vertical" if current.startswith("--") else "-vertical",
                           "print the rows as records (as a trailing \\G does)"))
+        if parser is not LOCAL.get(parser.prog) and "json".startswith(current.lstrip("-")):
+            found.append(("--json" if current.startswith("--") else "-json",
+                          "print the data as JSON"))
         return found
     target = _positional(positionals, index)
     if target is None:

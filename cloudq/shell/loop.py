@@ -29,7 +29,7 @@ from prompt_toolkit.styles import Style
 from cloudq.commands import parse, split_line
 from cloudq.commands.registry import Result
 from cloudq.errors import CloudqError
-from cloudq.render import neutralise, render, render_error
+from cloudq.render import neutralise, render, render_error, render_json
 from cloudq.shell import pager
 from cloudq.shell.completion import RegistryCompleter
 from cloudq.shell.history import ShellHistory
@@ -59,6 +59,7 @@ def run_shell(master: Any, address: str) -> None:
 
 
 VERTICAL_FLAGS = ("--vertical", "-vertical")
+JSON_FLAGS = ("--json", "-json")
 
 
 def _without_g(line: str) -> str:
@@ -73,6 +74,13 @@ def vertical_request(words: list[str], line: str) -> tuple[list[str], bool]:
     (`--vertical` anywhere, or `\\G` at the end of `line`)."""
     kept = [word for word in words if word not in VERTICAL_FLAGS]
     return kept, len(kept) != len(words) or line.rstrip().endswith("\\G")
+
+
+def json_request(words: list[str]) -> tuple[list[str], bool]:
+    """The words without `--json`, and whether the Result's data is asked for as JSON (any word
+    that is exactly `--json` or `-json`, anywhere in the line, as `cloudq ctl` takes it)."""
+    kept = [word for word in words if word not in JSON_FLAGS]
+    return kept, len(kept) != len(words)
 
 
 class Shell:
@@ -131,6 +139,7 @@ class Shell:
         """Runs one line; False when the shell should end (quit)."""
         try:
             words, vertical = vertical_request(split_line(_without_g(line)), line)
+            words, as_json = json_request(words)
             if words and (words[0] in LOCAL or words[0] in QUIT_WORDS):
                 return self._run_local(line, words)
             cmd, args = parse(words)
@@ -165,7 +174,7 @@ class Shell:
         if cmd.name == "help" and not args.topic:
             result.rows += [[name, "", parser.description] for name, parser in LOCAL.items()
                             if name not in QUIT_WORDS]
-        self._print_result(result, cmd.name, vertical)
+        self._print_result(result, cmd.name, vertical, as_json)
         return True
 
     def finish_changes(self) -> None:
@@ -218,10 +227,12 @@ class Shell:
         return yes
 
     # ------------------------------------------------------------------ output
-    def _print_result(self, result: Result, name: str, vertical: bool = False) -> None:
+    def _print_result(self, result: Result, name: str, vertical: bool = False,
+                      as_json: bool = False) -> None:
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        text = render_json(result) if as_json else render(result, vertical=vertical, colour=colour)
         try:
-            pager.show(render(result, vertical=vertical, colour=colour))
+            pager.show(text)
         except KeyboardInterrupt:
             self._say(f"\ninterrupted: the output was cut short ({name} itself had finished)")
 
