@@ -7,12 +7,15 @@ output is the same single JSON value, or the same table, that one reply would ha
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from cloudq import defaults
 from cloudq.commands import Result, parse
+from cloudq.commands.follow import end_line, follow_logs, follow_show, following
 from cloudq.commands.registry import files_to_send
 from cloudq.errors import CloudqError
 from cloudq.render import json_list_chunks, render, render_error, render_json
@@ -22,9 +25,11 @@ from cloudq.rpc.client import MasterClient
 def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
             timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> int:
     try:
-        parse(argv)  # refuse a bad line here, before connecting
+        cmd, args = parse(argv)  # refuse a bad line here, before connecting
         files = files_to_send(argv)
         with MasterClient(master, tls_dir, timeout_s=timeout_s) as client:
+            if following(args):
+                return _follow(client, cmd.name, args, argv, as_json)
             pages = command_pages(client, argv, files)
             first = next(pages)
             if first.next_argv is None:
@@ -37,6 +42,31 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
         sys.stdout.flush()
         print(render_error(err), file=sys.stderr)
         return 1
+    return 0
+
+
+def _follow(client: MasterClient, name: str, args: argparse.Namespace, argv: list[str],
+            as_json: bool) -> int:
+    """`logs ID --follow`, `show ID --follow`: the same `call` every POLL_S until the task
+    ends; Ctrl-C stops following (exit status 130), the task goes on."""
+    def fetch() -> Result:
+        return call_command(client, argv)
+
+    def wait(seconds: float) -> bool:
+        time.sleep(seconds)
+        return False
+
+    try:
+        if name == "logs":
+            last = follow_logs(fetch, wait, sys.stdout, as_json=as_json, raw=args.raw)
+        else:
+            last = follow_show(fetch, wait, sys.stdout, render, as_json=as_json)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(f"\n{end_line(args.id, None)}", file=sys.stderr)
+        return 130
+    if not as_json and not getattr(args, "raw", False):
+        print(end_line(args.id, last), flush=True)
     return 0
 
 

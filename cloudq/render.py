@@ -218,6 +218,12 @@ def render_json(result: Result) -> str:
     return json.dumps(result.data, indent=2, default=str)
 
 
+def render_json_line(data: Any) -> str:
+    """`data` as JSON on one line (JSON Lines: `--follow --json` prints one per change), control
+    characters escaped as in render_json."""
+    return json.dumps(data, default=str)
+
+
 def json_list_chunks(items: Iterable[Any]) -> Iterator[str]:
     """The text of `json.dumps(list(items), indent=2)`, piece by piece, so a long listing can be
     written out as its pages arrive instead of being held whole."""

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from cloudq.commands.columns import QUEUE_COLUMNS, cell
+from cloudq.commands.follow import add_follow_argument
 from cloudq.commands.pages import next_page, task_listing
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
@@ -103,8 +104,13 @@ def _id_argument(parser: CommandParser) -> None:
     parser.add_argument("id", help="task id, e.g. t42")
 
 
+def _show_arguments(parser: CommandParser) -> None:
+    _id_argument(parser)
+    add_follow_argument(parser, "then print each change of state as it happens,")
+
+
 @command("show", "Everything about one task, with its last events.", aliases=("info",),
-         arguments=_id_argument)
+         arguments=_show_arguments)
 def show_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.get(args.id)
     view = ctx.master.view(task)
@@ -140,14 +146,19 @@ def _logs_arguments(parser: CommandParser) -> None:
     _id_argument(parser)
     parser.add_argument("--raw", "-raw", action="store_true",
                         help="print the output as it is, control characters included (for a file)")
+    add_follow_argument(parser, "then print the output as it comes,")
 
 
 @command("logs", "The tail of a task's output.", arguments=_logs_arguments)
 def logs_command(ctx: Context, args: argparse.Namespace) -> Result:
+    # The state first: a task seen ended has its whole tail in its result by then, so the
+    # last answer of a follow (`--follow` repeats this command) has all of its output.
+    state = ctx.master.get(args.id).state.value
     text = ctx.master.log_tail(args.id)
+    data = {"id": args.id, "state": state, "log": text}
     if args.raw:
-        return Result(status=text, data={"id": args.id, "log": text}, raw=True)
-    return Result(status=text or f"{args.id} has no output yet", data={"id": args.id, "log": text})
+        return Result(status=text, data=data, raw=True)
+    return Result(status=text or f"{args.id} has no output yet", data=data)
 
 
 def _queue_arguments(parser: CommandParser) -> None:

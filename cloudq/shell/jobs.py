@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudq.commands.registry import Command, Context, Interrupted, Result, run
+from cloudq.errors import CloudqError
 from cloudq.master.views import Views
 from cloudq.render import render_error
 
@@ -31,12 +32,18 @@ NOTE_AFTER_S = 0.5  # a command running longer than this says what it is doing
 READS = frozenset({name for name in vars(Views) if not name.startswith("_")} | {"clock"})
 
 
-class Gate:
-    """The master as a shell command sees it: reads pass; the first change asks first."""
+class ChangeRefused(CloudqError):
+    """A command run through a read-only gate (watch, --follow) tried to change the master."""
 
-    def __init__(self, master: Any, stop: threading.Event) -> None:
+
+class Gate:
+    """The master as a shell command sees it: reads pass; the first change asks first, and a
+    read-only gate refuses it before it starts."""
+
+    def __init__(self, master: Any, stop: threading.Event, read_only: bool = False) -> None:
         self._master = master
         self._stop = stop
+        self._read_only = read_only
         self._lock = threading.Lock()
         self.changing: str | None = None  # the first master method that changes state
 
@@ -46,6 +53,8 @@ class Gate:
             return value
 
         def change(*args: Any, **kwargs: Any) -> Any:
+            if self._read_only:
+                raise ChangeRefused(f"{name} changes the master")
             with self._lock:
                 if self._stop.is_set():
                     raise Interrupted("interrupted")
@@ -63,13 +72,14 @@ class Gate:
 
 class Job:
     def __init__(self, master: Any, cmd: Command, args: argparse.Namespace,
-                 announce: Callable[[str], None], note: Callable[[str], None]) -> None:
+                 announce: Callable[[str], None], note: Callable[[str], None],
+                 read_only: bool = False) -> None:
         self.cmd = cmd
         self.args = args
         self._announce = announce
         self._print_note = note
         stop = threading.Event()
-        self.gate = Gate(master, stop)
+        self.gate = Gate(master, stop, read_only)
         self.ctx = Context(self.gate, stop=stop, on_note=self._note)
         self.done = threading.Event()
         self.result: Result | None = None

@@ -10,7 +10,9 @@ from any other thread while the prompt is up go through `patch_stdout` for the s
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -27,7 +29,8 @@ from prompt_toolkit.shortcuts import confirm, print_formatted_text
 from prompt_toolkit.styles import Style
 
 from cloudq.commands import parse, split_line
-from cloudq.commands.registry import Result
+from cloudq.commands.follow import end_line, follow_logs, follow_show, following
+from cloudq.commands.registry import Command, Result
 from cloudq.errors import CloudqError
 from cloudq.render import neutralise, render, render_error, render_json
 from cloudq.shell import pager
@@ -37,6 +40,7 @@ from cloudq.shell.jobs import Job
 from cloudq.shell.live import Watcher
 from cloudq.shell.local import LOCAL, NOTICE_MODES, QUIT_WORDS
 from cloudq.shell.notices import Notice, select
+from cloudq.shell.repeat import Keys
 from cloudq.shell.toolbar import REFRESH_S, STYLE, toolbar
 
 PROMPT = "master> "
@@ -153,6 +157,9 @@ class Shell:
             parser = LOCAL["quit" if topic in QUIT_WORDS else topic]
             self._print_result(Result(title=parser.prog, status=parser.format_help().strip()), "help")
             return True
+        if following(args):
+            self._follow(cmd, args, as_json)
+            return True
         job = Job(self.master, cmd, args, self._announce, self._note)
         self.jobs.append(job)
         try:
@@ -190,6 +197,39 @@ class Shell:
                 except KeyboardInterrupt:
                     continue
             self._print_pending()
+
+    # ------------------------------------------------------------------ commands run again and again
+    def _read(self, cmd: Command, args: argparse.Namespace) -> Result:
+        """One run of a repeated command, through a read-only gate; Ctrl-C interrupts it."""
+        job = Job(self.master, cmd, args, self._announce, self._note, read_only=True).start()
+        try:
+            return job.wait()
+        except KeyboardInterrupt:
+            job.interrupt()  # a read: nothing to wait for
+            raise
+
+    def _follow(self, cmd: Command, args: argparse.Namespace, as_json: bool) -> None:
+        """`logs ID --follow`, `show ID --follow`: until the task ends, a key or Ctrl-C."""
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        last = None
+        try:
+            with Keys() as keys:
+                fetch = functools.partial(self._read, cmd, args)
+                if cmd.name == "logs":
+                    last = follow_logs(fetch, keys.wait, sys.stdout, as_json=as_json, raw=args.raw)
+                else:
+                    last = follow_show(fetch, keys.wait, sys.stdout,
+                                       lambda result: render(result, colour=colour), as_json=as_json)
+        except KeyboardInterrupt:
+            pass
+        except CloudqError as err:
+            self._error(err)
+            return
+        except Exception as err:  # noqa: BLE001 - a bug in one command must not stop the master
+            self._error(f"internal error in {cmd.name}: {type(err).__name__}: {err}")
+            return
+        if not as_json and not getattr(args, "raw", False):
+            self._note(end_line(args.id, last))
 
     # ------------------------------------------------------------------ the shell's own commands
     def _run_local(self, line: str, words: list[str]) -> bool:

@@ -58,3 +58,35 @@ def test_json_on_any_command_prints_the_data_escaped(shell: TmuxShell) -> None:
     assert workers[0]["name"] == "worker-1"
     listing = json.loads("\n".join(shell.run("queue --state completed --json")))
     assert task_id in [t["id"] for t in listing]
+
+
+def test_logs_follow_streams_until_the_task_ends(shell: TmuxShell) -> None:
+    line = ('task --exec "sh -c \'echo one; sleep 1; echo two; sleep 1; echo three; sleep 1; '
+            'echo four\'" --name stream')
+    task_id = submitted_id(shell.run(line))
+    start = _enter(shell, f"logs {task_id} --follow")
+    end = shell.wait_prompt(after=start, timeout=60)  # comes back by itself when the task ends
+    out = shell.lines()[start + 1:end]
+    print("\n" + "\n".join(out))
+    assert out == ["one", "two", "three", "four", f"{task_id} is completed"]
+
+
+def test_show_follow_prints_each_move_and_a_key_stops_following(shell: TmuxShell) -> None:
+    task_id = submitted_id(shell.run('task --exec "sleep 2" --name moves'))
+    start = _enter(shell, f"show {task_id} --follow")
+    end = shell.wait_prompt(after=start, timeout=60)
+    out = shell.lines()[start + 1:end]
+    print("\n" + "\n".join(out))
+    assert out[0] == f"Task {task_id}" and out[-1] == f"{task_id} is completed"
+    assert out[-2].endswith("running -> completed: completed on worker-1")
+    assert sum(line.endswith("-> running: started on worker-1") for line in out) == 1
+
+    task_id = submitted_id(shell.run('task --exec "sh -c \'echo started; sleep 120\'" --name long'))
+    start = _enter(shell, f"logs {task_id} -f")
+    shell.wait(lambda: shell.lines()[start + 1:] == ["started"], 20, "the follow to print the output")
+    shell.type("q")  # any key: back to the prompt, the key swallowed
+    end = shell.wait_prompt(after=start, timeout=10)
+    assert shell.lines()[end - 1] == f"stopped following {task_id} (the task goes on)"
+    assert shell.current_line() == PROMPT
+    assert field(shell.run(f"show {task_id}"), "state") in ("assigned", "running")
+    shell.run(f"cancel {task_id}")
