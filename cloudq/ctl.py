@@ -26,6 +26,8 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
             timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> int:
     try:
         cmd, args = parse(argv)  # refuse a bad line here, before connecting
+        if cmd.name == "watch":
+            raise CloudqError(WATCH_REFUSED)
         files = files_to_send(argv)
         with MasterClient(master, tls_dir, timeout_s=timeout_s) as client:
             if following(args):
@@ -43,6 +45,10 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
         print(render_error(err), file=sys.stderr)
         return 1
     return 0
+
+
+WATCH_REFUSED = ("watch redraws a terminal and works only in the master> shell; from a script, "
+                 "run the command again yourself, e.g. `watch -n 2 cloudq ctl queue`")
 
 
 def _follow(client: MasterClient, name: str, args: argparse.Namespace, argv: list[str],

@@ -1,4 +1,6 @@
-"""`logs ID --follow` and `show ID --follow`: what is new between two answers of the same command.
+"""Commands the front ends run again and again: `logs ID --follow` and `show ID --follow` (what
+is new between two answers of the same command), and `watch COMMAND` (registered here; the
+`master>` shell runs it, cloudq/shell/repeat.py).
 
 The master answers each command once; following is the front end's loop (the shell runs the
 command again through its read-only gate, `cloudq ctl` sends the same `call` again), every
@@ -12,18 +14,49 @@ than a whole tail between two answers, a line says that some output was skipped.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from cloudq.commands.registry import CommandParser, Result
+from cloudq.commands.registry import CommandParser, Context, Result, command
+from cloudq.errors import ValidationError
 from cloudq.render import neutralise, render_json_line
 
 POLL_S = 0.5  # how often a follower asks again
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "dead"})
 EVENT_TIME_WIDTH = 18  # as `show` prints its events: under its longest field name
 SKIPPED = "[... output skipped: it moved more than a tail between two reads ...]\n"
+
+
+WATCH_DEFAULT_S = 2.0
+WATCH_MIN_S, WATCH_MAX_S = 0.1, 86400.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not WATCH_MIN_S <= value <= WATCH_MAX_S:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be from {WATCH_MIN_S:g} to {WATCH_MAX_S:g} seconds")
+    return value
+
+
+def _watch_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--interval", "-interval", "-n", type=_seconds, default=WATCH_DEFAULT_S,
+                        metavar="S", help=f"seconds between runs (default {WATCH_DEFAULT_S:g})")
+    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                        help="a command that only reads (queue, workers, show ID, status...), "
+                             "with its options")
+
+
+@command("watch", "Run a command that only reads again every few seconds, redrawn, until a key "
+         "(shell only).", remote=False, arguments=_watch_arguments)
+def watch_command(ctx: Context, args: argparse.Namespace) -> Result:
+    # The shell runs `watch` itself (it owns the terminal); nothing else can.
+    raise ValidationError("watch redraws the terminal: it works only in the master> shell")
 
 
 def add_follow_argument(parser: CommandParser, what: str) -> None:

@@ -35,6 +35,10 @@ READS = frozenset({name for name in vars(Views) if not name.startswith("_")} | {
 class ChangeRefused(CloudqError):
     """A command run through a read-only gate (watch, --follow) tried to change the master."""
 
+    def __init__(self, method: str) -> None:
+        super().__init__(f"{method} changes the master")
+        self.method = method
+
 
 class Gate:
     """The master as a shell command sees it: reads pass; the first change asks first, and a
@@ -54,7 +58,7 @@ class Gate:
 
         def change(*args: Any, **kwargs: Any) -> Any:
             if self._read_only:
-                raise ChangeRefused(f"{name} changes the master")
+                raise ChangeRefused(name)
             with self._lock:
                 if self._stop.is_set():
                     raise Interrupted("interrupted")

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import functools
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -36,11 +37,11 @@ from cloudq.render import neutralise, render, render_error, render_json
 from cloudq.shell import pager
 from cloudq.shell.completion import RegistryCompleter
 from cloudq.shell.history import ShellHistory
-from cloudq.shell.jobs import Job
+from cloudq.shell.jobs import ChangeRefused, Job
 from cloudq.shell.live import Watcher
 from cloudq.shell.local import LOCAL, NOTICE_MODES, QUIT_WORDS
 from cloudq.shell.notices import Notice, select
-from cloudq.shell.repeat import Keys
+from cloudq.shell.repeat import Keys, Screen, refusal, run_watch, watch_header, watched
 from cloudq.shell.toolbar import REFRESH_S, STYLE, toolbar
 
 PROMPT = "master> "
@@ -157,6 +158,9 @@ class Shell:
             parser = LOCAL["quit" if topic in QUIT_WORDS else topic]
             self._print_result(Result(title=parser.prog, status=parser.format_help().strip()), "help")
             return True
+        if cmd.name == "watch":
+            self._watch(args, vertical, as_json)
+            return True
         if following(args):
             self._follow(cmd, args, as_json)
             return True
@@ -230,6 +234,47 @@ class Shell:
             return
         if not as_json and not getattr(args, "raw", False):
             self._note(end_line(args.id, last))
+
+    def _watch(self, args: argparse.Namespace, vertical: bool, as_json: bool) -> None:
+        """`watch [-n S] COMMAND ...`: the command again every S seconds, redrawn on the
+        alternate screen, until a key or Ctrl-C. A command that would change the master is
+        refused at its first run, before it changes anything (the gate is read-only)."""
+        line = shlex.join(args.words)
+        try:
+            inner, inner_args = watched(args.words)
+            fetch = functools.partial(self._read, inner, inner_args)
+            try:
+                first: list[Result] = [fetch()]
+            except ChangeRefused as err:
+                raise refusal(inner, err) from None
+        except KeyboardInterrupt:
+            return
+        except CloudqError as err:
+            self._error(err)
+            return
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+        def again() -> Result:
+            return first.pop() if first else fetch()
+
+        def show(result: Result, width: int) -> str:
+            if as_json:
+                return render_json(result)
+            return render(result, width, vertical=vertical, colour=colour)
+
+        try:
+            with Keys() as keys, Screen() as screen:
+                run_watch(again, keys.wait, screen, watch_header(args.interval, line), show,
+                          args.interval)
+        except KeyboardInterrupt:
+            pass
+        except ChangeRefused as err:
+            self._error(refusal(inner, err))
+            return
+        except Exception as err:  # noqa: BLE001 - a bug in one command must not stop the master
+            self._error(f"internal error in watch {inner.name}: {type(err).__name__}: {err}")
+            return
+        self._say(f"stopped watching {line}")
 
     # ------------------------------------------------------------------ the shell's own commands
     def _run_local(self, line: str, words: list[str]) -> bool:

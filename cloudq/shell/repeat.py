@@ -9,15 +9,26 @@ Ctrl-C still raises KeyboardInterrupt. Without a terminal (a pipe) only Ctrl-C s
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import select
+import shutil
 import sys
 import termios
 import time
 import tty
+from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
+
+from cloudq.commands import parse
+from cloudq.commands.follow import following
+from cloudq.commands.registry import Command, Result
+from cloudq.errors import CloudqError, ValidationError
+from cloudq.render import neutralise, render_error
+from cloudq.shell.jobs import ChangeRefused
+from cloudq.shell.local import LOCAL, QUIT_WORDS
 
 
 class Keys:
@@ -61,3 +72,91 @@ class Keys:
         while select.select([self._fd], [], [], 0)[0]:
             if not os.read(self._fd, 1024):
                 return
+
+
+# ---------------------------------------------------------------------- watch
+WATCH_KEYS = "any key or Ctrl-C: back to the prompt"
+_ENTER = "\x1b[?1049h\x1b[?7l\x1b[?25l"  # the alternate screen, no line wrap, no cursor
+_LEAVE = "\x1b[?25h\x1b[?7h\x1b[?1049l"  # and back: the screen as it was before watch
+
+
+def watched(words: list[str]) -> tuple[Command, argparse.Namespace]:
+    """The command line `watch` is to re-run, parsed, or a ValidationError saying why not."""
+    if not words:
+        raise ValidationError("watch needs a command to run again, e.g. `watch queue` or "
+                              "`watch -n 1 workers`")
+    if words[0] in LOCAL or words[0] in QUIT_WORDS:
+        raise ValidationError(f"watch runs commands of the master again; {words[0]} is the shell's own")
+    cmd, args = parse(words)
+    if cmd.name == "watch" or not cmd.remote:
+        raise ValidationError(f"watch cannot run {cmd.name}")
+    if following(args):
+        raise ValidationError(f"{cmd.name} --follow follows by itself: leave out watch")
+    return cmd, args
+
+
+def refusal(cmd: Command, err: ChangeRefused) -> ValidationError:
+    return ValidationError(f"watch runs only commands that read, and {cmd.name} changes the master "
+                           f"(master.{err.method}); nothing was changed")
+
+
+class Screen:
+    """The terminal while `watch` runs: the alternate screen, redrawn whole each time, cut to
+    its height (no line wraps, no scrolling). Not a terminal: each run printed after the last."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+
+    def __enter__(self) -> Screen:
+        if self.tty:
+            self.out.write(_ENTER)
+            self.out.flush()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.tty:
+            self.out.write(_LEAVE)
+            self.out.flush()
+
+    def size(self) -> os.terminal_size:
+        return shutil.get_terminal_size((120, 40))
+
+    def draw(self, header: str, body: str) -> None:
+        lines = [header, "", *body.splitlines()]
+        if not self.tty:
+            self.out.write("\n".join(lines) + "\n\n")
+            self.out.flush()
+            return
+        rows = max(self.size().lines, 3)
+        if len(lines) > rows:
+            lines = [*lines[:rows - 1], f"... {len(lines) - rows + 1} more lines"]
+        self.out.write("\x1b[H\x1b[2J" + "\n".join(lines))  # no newline after the last row
+        self.out.flush()
+
+
+def run_watch(fetch: Callable[[], Result], wait: Callable[[float], bool], screen: Screen,
+              header: Callable[[], str], show: Callable[[Result, int], str], interval: float) -> int:
+    """Draws `fetch()` every `interval` until `wait` says a key was pressed; Ctrl-C
+    (KeyboardInterrupt) ends it too. An error of one run is drawn and the next run tried.
+    Returns how many times it drew."""
+    drawn = 0
+    while True:
+        try:
+            body = show(fetch(), screen.size().columns)
+        except ChangeRefused:
+            raise
+        except CloudqError as err:
+            body = render_error(err)
+        screen.draw(header(), body)
+        drawn += 1
+        if wait(interval):
+            return drawn
+
+
+def watch_header(interval: float, line: str) -> Callable[[], str]:
+    def header() -> str:
+        return f"Every {interval:g}s: {neutralise(line, one_line=True)}    " \
+               f"{time.strftime('%H:%M:%S')}    ({WATCH_KEYS})"
+    return header

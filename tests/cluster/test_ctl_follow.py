@@ -90,3 +90,11 @@ def test_ctl_follow_stops_at_ctrl_c_and_the_task_goes_on(cluster):
         if proc.poll() is None:
             proc.kill()
     assert master.task(task_id)["state"] == "running"
+
+
+def test_ctl_refuses_watch_with_the_reason(cluster):
+    master = cluster.start_master()
+    refused = ctl(master.address, "watch", "-n", "1", "queue")
+    print(f"\n{refused.stderr.strip()}")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "watch redraws a terminal and works only in the master> shell" in refused.stderr

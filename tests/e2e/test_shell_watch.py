@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cloudq.rpc.client import MasterClient
 from tests.e2e.conftest import PROMPT, TmuxShell
 from tests.e2e.test_shell_tmux import field, submitted_id, worker_available
 
@@ -89,4 +90,55 @@ def test_show_follow_prints_each_move_and_a_key_stops_following(shell: TmuxShell
     assert shell.lines()[end - 1] == f"stopped following {task_id} (the task goes on)"
     assert shell.current_line() == PROMPT
     assert field(shell.run(f"show {task_id}"), "state") in ("assigned", "running")
+    shell.run(f"cancel {task_id}")
+
+
+def _call(address: str, *argv: str) -> dict:  # type: ignore[type-arg]
+    with MasterClient(address) as client:
+        return client.call("call", {"argv": list(argv), "files": {}})
+
+
+def test_watch_redraws_until_a_key_and_ctrl_c_leaves_master_and_worker_alive(shell: TmuxShell) -> None:
+    worker = shell.local_worker()
+    start = _enter(shell, "watch -n 0.5 queue --state queued")
+    shell.wait(lambda: any(line.startswith("Every 0.5s: queue --state queued")
+                           for line in shell.lines()), 10, "the watch screen")
+    # A task submitted from elsewhere appears at the next redraw.
+    task_id = _call(shell.address, "task", "-cpu_cores", "64", "--exec", "true", "--name", "watched")["data"]["id"]
+
+    def redrawn() -> list[str] | None:
+        """The last screen drawn, once it lists the task."""
+        lines = shell.lines()
+        heads = [i for i, line in enumerate(lines) if line.startswith("Every 0.5s: ")]
+        drawn = lines[heads[-1]:] if heads else []
+        return drawn if any(line.startswith(f"{task_id} ") for line in drawn) else None
+
+    screen = shell.wait(redrawn, 10, f"{task_id} in the watched queue")
+    print("\n" + "\n".join(screen))
+    assert screen[0].startswith("Every 0.5s: queue --state queued")
+    assert "any key or Ctrl-C: back to the prompt" in screen[0] and screen[2] == "1 queued tasks"
+    shell.type("q")
+    end = shell.wait_prompt(after=start, timeout=10)
+    assert shell.lines()[end - 1] == "stopped watching queue --state queued"
+    assert shell.current_line() == PROMPT  # the key went to watch, not to the prompt
+
+    start = _enter(shell, "watch workers")
+    shell.wait(lambda: any(line.startswith("Every 2s: workers") for line in shell.lines()), 10, "watch")
+    shell.key("C-c")
+    shell.wait_prompt(after=start, timeout=10)
+    assert shell.pane_dead() == (False, None) and worker.is_running()
+    assert field(shell.run(f"show {task_id}"), "state") == "queued"
+
+    for line, message in (
+        (f"watch cancel {task_id}", "error: watch runs only commands that read, and cancel changes "
+                                    "the master (master.cancel); nothing was changed"),
+        ("watch notices", "error: watch runs commands of the master again; notices is the shell's own"),
+        (f"watch logs {task_id} --follow", "error: logs --follow follows by itself: leave out watch"),
+        ("watch -n 0 queue", "error: watch: argument --interval/-interval/-n: must be from 0.1 to "
+                             "86400 seconds. Try `help watch`"),
+    ):
+        out = shell.run(line)
+        print(f"{line}: {out}")
+        assert out == [message]
+    assert field(shell.run(f"show {task_id}"), "state") == "queued"
     shell.run(f"cancel {task_id}")
