@@ -97,10 +97,11 @@ def test_a_notice_for_an_assignment_prints_above_the_half_typed_line(
         pattern = re.compile(rf"^\[\d\d:\d\d:\d\d\] {task_id} assigned to big-1 after .*\d+s in queue$")
         notice = shell.wait(lambda: next((line for line in shell.lines(notices=True)
                                           if pattern.match(line)), None), 15, "the assignment notice")
-        lines = shell.lines(notices=True)
+        # The notice is written first and the prompt redrawn under it a moment later.
+        lines = shell.wait(lambda: (now := shell.lines(notices=True))[-1] == f"{PROMPT} {half}"
+                           and now, 5, "the half-typed line redrawn below the notice")
         print(f"\n{notice}\n{lines[-1]}")
         assert lines.index(notice) < len(lines) - 1, "the notice is not above the prompt"
-        assert lines[-1] == f"{PROMPT} {half}", "the half-typed line did not survive the notice"
         joined = re.compile(r"^\[\d\d:\d\d:\d\d\] big-1 joined \(128 cores, 256 GB\)$")
         shell.wait(lambda: any(joined.match(line) for line in shell.lines(notices=True)), 10,
                    "the notice that big-1 joined")  # workers are read once a second
