@@ -45,7 +45,7 @@ class Snapshots:
         self._items: dict[str, _Snapshot] = {}
 
     def keep(self, master: Any, ids: list[str], columns: list[str]) -> str:
-        cursor = secrets.token_urlsafe(12)
+        cursor = secrets.token_hex(12)  # never starts with "-", which argparse would take for a flag
         with self._lock:
             self._forget_idle()
             while len(self._items) >= MAX_SNAPSHOTS:
@@ -131,7 +131,7 @@ def _fill(views: Iterable[dict[str, Any] | None]) -> tuple[list[dict[str, Any]],
 
 
 def _next(cursor: str, offset: int) -> list[str]:
-    return ["queue", "--cursor", cursor, "--offset", str(offset)]
+    return ["queue", f"--cursor={cursor}", f"--offset={offset}"]  # one word each, whatever the cursor
 
 
 def _result(views: list[dict[str, Any]], columns: list[str], title: str, status: str,

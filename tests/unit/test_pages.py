@@ -91,3 +91,11 @@ def test_limit_is_bounded_with_a_clear_message(value: str, message: str) -> None
     with pytest.raises(ValidationError, match=message) as caught:
         dispatch(Context(Master()), ["queue", "--limit", value])
     assert "islice" not in str(caught.value)
+
+
+def test_a_cursor_that_looks_like_a_flag_still_reads_its_pages(monkeypatch) -> None:
+    """A cursor once began with "-" (1 in 64 of urlsafe tokens), and argparse took it for a flag."""
+    monkeypatch.setattr(pages.secrets, "token_hex", lambda n: "-looks-like-a-flag")
+    master = _master(400, 120_000)
+    data, sizes, _ = _read_all(master, ["queue", "--state", "queued", "--limit", "1000"])
+    assert len(sizes) > 1 and [t["id"] for t in data] == [t.id for t in master.queued()]
