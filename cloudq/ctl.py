@@ -76,15 +76,18 @@ def _follow(client: MasterClient, name: str, args: argparse.Namespace, argv: lis
     return 0
 
 
-def call_command(client: MasterClient, argv: list[str], files: dict[str, str] | None = None) -> Result:
-    """Runs one command line on the master; a listing that comes in pages is returned whole."""
-    pages = command_pages(client, argv, files or {})
+def call_command(client: MasterClient, argv: list[str], files: dict[str, str] | None = None,
+                 read_only: bool = False) -> Result:
+    """Runs one command line on the master; a listing that comes in pages is returned whole.
+    `read_only`: the master refuses the command if it would change anything."""
+    pages = command_pages(client, argv, files or {}, read_only)
     return _joined(next(pages), pages)
 
 
-def command_pages(client: MasterClient, argv: list[str], files: dict[str, str]) -> Iterator[Result]:
+def command_pages(client: MasterClient, argv: list[str], files: dict[str, str],
+                  read_only: bool = False) -> Iterator[Result]:
     """The Result of a command line, then the further pages of its listing, if any."""
-    page = Result.from_dict(client.call("call", {"argv": argv, "files": files}))
+    page = Result.from_dict(client.call("call", {"argv": argv, "files": files, "read_only": read_only}))
     yield page
     while page.next_argv:
         argv = page.next_argv

@@ -12,6 +12,7 @@ move with its effects by hand.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
@@ -136,9 +137,11 @@ class EventLog:
         # alone is larger than a short list.
         self._per_task: dict[str, list[Event]] = {}
         self._per_task_limit = per_task
+        self.added = 0  # events ever added: the cursor of `after`
 
     def add(self, event: Event) -> None:
         self._all.append(event)
+        self.added += 1
         story = self._per_task.get(event.task)
         if story is None:
             self._per_task[event.task] = [event]
@@ -156,6 +159,17 @@ class EventLog:
     def newest_first(self) -> Iterator[Event]:
         """Every kept event, newest first, without copying (call it under the master lock)."""
         return reversed(self._all)
+
+    def after(self, cursor: int, limit: int) -> tuple[list[Event], int, int]:
+        """The events added since `cursor` (a value of `added`), at most `limit`, the newest
+        kept; with the cursor to ask with next and how many were skipped (over `limit`, or no
+        longer kept). A cursor from the future (the log was rebuilt) starts again from now."""
+        if cursor > self.added:
+            return [], self.added, 0
+        new = self.added - cursor
+        keep = min(new, len(self._all), limit)
+        events = list(itertools.islice(reversed(self._all), keep))[::-1]
+        return events, self.added, new - keep
 
     def recent(self, limit: int = 100) -> list[Event]:
         return list(self._all)[-limit:]

@@ -116,7 +116,8 @@ def help_command(ctx: Context, args: argparse.Namespace) -> Result:
                   rows=rows, data=[{"name": r[0], "aliases": r[1], "help": r[2]} for r in rows])
 
 
-@command("quit", "Leave the shell and stop the master.", aliases=("exit",), remote=False)
+@command("quit", "Leave the shell and stop the master.", aliases=("exit",), remote=False,
+         changes=True)
 def quit_command(ctx: Context, args: argparse.Namespace) -> Result:
     raise SystemExit(0)
 

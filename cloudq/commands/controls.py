@@ -14,7 +14,7 @@ def _id_argument(parser: CommandParser) -> None:
 
 
 @command("hold", "Park a queued or retrying task: it is not placed until `release ID`.",
-         arguments=_id_argument)
+         arguments=_id_argument, changes=True)
 def hold_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.hold(args.id)
     return Result(status=f"{task.id} held; `release {task.id}` queues it again",
@@ -27,7 +27,7 @@ def _release_arguments(parser: CommandParser) -> None:
 
 
 @command("release", "Queue a held task again, or let a quarantined or draining worker take tasks.",
-         arguments=_release_arguments)
+         arguments=_release_arguments, changes=True)
 def release_command(ctx: Context, args: argparse.Namespace) -> Result:
     if ctx.master.release(args.target) == "worker":
         return Result(status=f"{args.target} takes tasks again")
@@ -37,7 +37,7 @@ def release_command(ctx: Context, args: argparse.Namespace) -> Result:
 
 
 @command("retry", "Queue a failed, dead or cancelled task again, as a new attempt.",
-         arguments=_id_argument)
+         arguments=_id_argument, changes=True)
 def retry_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.retry(args.id)
     view = ctx.master.view(task)
@@ -53,7 +53,7 @@ def _priority_arguments(parser: CommandParser) -> None:
 
 
 @command("priority", "Change a waiting task's priority (and queue class); a queued one is re-sorted.",
-         arguments=_priority_arguments)
+         arguments=_priority_arguments, changes=True)
 def priority_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.set_priority(args.id, args.priority, args.queue)
     return Result(status=f"{task.id} is now {task.queue}/{task.priority}", data=ctx.master.view(task))
@@ -63,7 +63,8 @@ def _worker_argument(parser: CommandParser) -> None:
     parser.add_argument("worker", help="worker name")
 
 
-@command("drain", "Let a worker finish what it runs and give it nothing new.", arguments=_worker_argument)
+@command("drain", "Let a worker finish what it runs and give it nothing new.", arguments=_worker_argument,
+         changes=True)
 def drain_command(ctx: Context, args: argparse.Namespace) -> Result:
     ctx.master.drain_worker(args.worker)
     return Result(status=f"{args.worker} is draining; `release {args.worker}` undoes it")

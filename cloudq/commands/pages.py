@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from cloudq.commands.columns import row
+from cloudq.commands.gate import unwrap
 from cloudq.commands.registry import Context, Result
 from cloudq.errors import NotFoundError, ValidationError
 
@@ -51,14 +52,14 @@ class Snapshots:
             while len(self._items) >= MAX_SNAPSHOTS:
                 oldest = min(self._items, key=lambda c: self._items[c].read_at)
                 del self._items[oldest]
-            self._items[cursor] = _Snapshot(master, ids, columns)
+            self._items[cursor] = _Snapshot(unwrap(master), ids, columns)
         return cursor
 
     def get(self, master: Any, cursor: str) -> _Snapshot:
         with self._lock:
             self._forget_idle()
             snapshot = self._items.get(cursor)
-            if snapshot is None or snapshot.master is not master:
+            if snapshot is None or snapshot.master is not unwrap(master):
                 raise ValidationError("this listing's cursor has expired or is unknown; "
                                       "run the command again")
             snapshot.read_at = time.monotonic()

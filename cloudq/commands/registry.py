@@ -116,6 +116,13 @@ class Command:
     aliases: tuple[str, ...] = ()
     file_args: tuple[str, ...] = ()  # argument names that are paths on the caller's machine
     remote: bool = True  # False: only in the master's own shell (e.g. quit)
+    # True: it changes the master. A command that says False runs through a read-only gate
+    # (commands/gate.py) wherever it runs, so the declaration cannot drift from what it does.
+    changes: bool = False
+
+    def changes_master(self, args: argparse.Namespace) -> bool:
+        """Whether this command line changes the master: a --dry-run never does."""
+        return self.changes and not getattr(args, "dry_run", False)
 
     @property
     def usage(self) -> str:
@@ -128,7 +135,8 @@ _ALIASES: dict[str, str] = {}
 
 def command(
     name: str, help: str, *, aliases: tuple[str, ...] = (), file_args: tuple[str, ...] = (),
-    remote: bool = True, arguments: Callable[[CommandParser], None] | None = None,
+    remote: bool = True, changes: bool = False,
+    arguments: Callable[[CommandParser], None] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Registers a command. `arguments` adds its options to an argparse parser."""
 
@@ -136,7 +144,7 @@ def command(
         parser = CommandParser(prog=name, description=help, add_help=False)
         if arguments:
             arguments(parser)
-        COMMANDS[name] = Command(name, help, handler, parser, aliases, file_args, remote)
+        COMMANDS[name] = Command(name, help, handler, parser, aliases, file_args, remote, changes)
         for alias in aliases:
             _ALIASES[alias] = name
         return handler

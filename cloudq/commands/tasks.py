@@ -26,7 +26,7 @@ def _task_arguments(parser: CommandParser) -> None:
 
 
 @command("task", "Submit one task: a container image, --scenario, --exec or --noop.",
-         arguments=_task_arguments)
+         arguments=_task_arguments, changes=True)
 def task_command(ctx: Context, args: argparse.Namespace) -> Result:
     request = request_from_args(args)
     if args.dry_run:
@@ -79,7 +79,7 @@ def _submit_arguments(parser: CommandParser) -> None:
 
 
 @command("submit", "Submit every task in FILE in one batch; replies with their ids.",
-         file_args=("file",), arguments=_submit_arguments)
+         file_args=("file",), arguments=_submit_arguments, changes=True)
 def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
     parser = COMMANDS["task"].parser
     requests = []
@@ -136,7 +136,8 @@ def why_command(ctx: Context, args: argparse.Namespace) -> Result:
                   rows=rows, status=status, data=answer)
 
 
-@command("cancel", "Cancel a task; a running one is killed on its worker.", arguments=_id_argument)
+@command("cancel", "Cancel a task; a running one is killed on its worker.", arguments=_id_argument,
+         changes=True)
 def cancel_command(ctx: Context, args: argparse.Namespace) -> Result:
     task = ctx.master.cancel(args.id)
     return Result(status=f"{task.id} cancelled", data=ctx.master.view(task))

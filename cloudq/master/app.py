@@ -174,8 +174,9 @@ def run_master(options: MasterOptions) -> int:
             # SIGTERM leaves the shell through the same clean stop as `quit`.
             signal.signal(signal.SIGTERM, _exit_on_signal)
             from cloudq.shell import run_shell
+            from cloudq.shell.link import LocalLink
 
-            run_shell(process.master, process.address)
+            run_shell(LocalLink(process.master, process.address))
         else:
             process.serve_forever()
     finally:

@@ -11,7 +11,9 @@ from typing import Any
 import rpyc
 
 from cloudq import __version__, defaults
-from cloudq.commands import Context, dispatch
+from cloudq.commands import Context, parse
+from cloudq.commands.gate import Gate, Guard
+from cloudq.commands.registry import run
 from cloudq.errors import AuthError, CloudqError, LimitError, ValidationError
 from cloudq.master.core import Master
 from cloudq.rpc.protocol import MAX_FRAME_BYTES, decode_argument, failure, ok
@@ -138,7 +140,23 @@ class MasterService(rpyc.Service):
             raise ValidationError("'argv' must be a list of strings and 'files' an object")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise ValidationError("'files' must map paths to text")
-        return dispatch(Context(self.master, files=files, local=False), argv).to_dict()
+        cmd, args = parse(argv)
+        # A command that says it only reads runs read-only, and so does any the caller asks
+        # to (the remote shell's watch): a change is refused before it starts.
+        guard = Guard(read_only=not cmd.changes_master(args) or payload.get("read_only") is True)
+        ctx = Context(Gate(self.master, guard), files=files, local=False)
+        return run(ctx, cmd, args).to_dict()
+
+    @endpoint
+    def exposed_feed(self, payload: Any) -> dict[str, Any]:
+        """What the remote shell shows between commands (Views.feed): one call a second."""
+        self._as_admin()
+        if not isinstance(payload, dict):
+            raise ValidationError("the argument must be a JSON object")
+        after = payload.get("after")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise ValidationError("'after' must be a cursor from an earlier feed, or null")
+        return self.master.feed(after, workers=payload.get("workers") is True)
 
 
 def make_service(master: Master) -> Any:

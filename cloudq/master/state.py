@@ -31,13 +31,14 @@ from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import Task, TaskState
+from cloudq.model import QueueClass, Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
 from cloudq.specs import capabilities_of
 from cloudq.transitions import EFFECTS, Event, EventLog, move
 
 S = TaskState
-_RETRYING = S.RETRYING  # a module constant: _move runs for every change of every task
+_RETRYING = S.RETRYING  # module constants: _move runs for every change of every task
+_QUEUED = S.QUEUED
 
 
 @dataclass
@@ -100,6 +101,9 @@ class MasterState:
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
+        # Queued ids by class, in the order they were queued, with when: the oldest wait is the
+        # first of each (toolbar, metrics) without a scan of the backlog.
+        self._waiting: dict[QueueClass, dict[str, float]] = {q: {} for q in QueueClass}
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
@@ -112,6 +116,7 @@ class MasterState:
         now = self.clock()
         top = int((meta or {}).get("last_seq") or 0)  # pruned tasks may have held the top ids
         finished: list[tuple[float, str]] = []
+        queued: list[Task] = []
         with self._lock:
             for event in events:
                 self.events.add(Event.from_dict(event))
@@ -123,7 +128,7 @@ class MasterState:
                     finished.append((task.finished_at or task.updated_at, task.id))
                 top = max(top, task.seq)
                 if task.state is S.QUEUED:
-                    self._enqueue(task, since=task.queued_at)
+                    queued.append(task)
                 elif task.state is S.RETRYING:
                     self._retrying.add(task.id)
                 elif task.state.is_active or awaiting_kill(task):
@@ -131,6 +136,8 @@ class MasterState:
                     record = self._worker(task.worker or "?")
                     record.last_seen = now  # give it one lease to come back
                     record.ledger.bookings.setdefault(task.id, Booking(0.0, 0.0, 0.0, ()))
+            for task in sorted(queued, key=lambda t: t.queued_at or 0.0):  # oldest wait first
+                self._enqueue(task, since=task.queued_at)
             self._last_seq = top
             self._finished.extend(sorted(finished))
             for name, flags in ((meta or {}).get(_WORKER_FLAGS) or {}).items():
@@ -259,6 +266,7 @@ class MasterState:
         task.worker = None
         task.not_before = None
         self.backlog.add(task, self._required(task))
+        self._waiting[task.queue][task.id] = task.queued_at
         if task.ttl_s:
             self._expiring.add(task.id)
 
@@ -295,6 +303,8 @@ class MasterState:
         effects = EFFECTS[(src, dst)]
         if effects.dequeue:
             self.backlog.remove(task.id)  # a placed task was already popped: a cheap miss
+        if src is _QUEUED:
+            self._waiting[task.queue].pop(task.id, None)
         if effects.release:
             self._release(task)
         if effects.enqueue:

@@ -263,10 +263,52 @@ class Views(MasterState):
                 "shapes": self.backlog.shapes(),
                 "strategy": self.scheduler.strategy,
                 "locks held": len(self.locks.snapshot()),
+                "oldest_wait_s": self._oldest_wait(),
                 "tasks": self.counts(),
                 "workers": workers,
                 "store": self.journal.stats(),
             }
+
+    def oldest_waits(self) -> dict[str, float]:
+        """Seconds the longest-waiting queued task of each queue class has waited (classes
+        with a queued task only)."""
+        with self._lock:
+            now = self.clock()
+            return {str(q): round(max(now - first, 0.0), 3) for q, waiting in self._waiting.items()
+                    for first in itertools.islice(waiting.values(), 1)}
+
+    def _oldest_wait(self) -> float | None:
+        return max(self.oldest_waits().values(), default=None)
+
+    def feed(self, after: int | None, workers: bool = False) -> dict[str, Any]:
+        """What a shell shows between commands, in one read: the summary; the moves since
+        `after` that a notice tells (a cursor from the last feed; None: none, only the cursor
+        and the recent task ids, for a shell that starts), each with the task facts its notice
+        needs, and how many were skipped; the newest task's id (ids are t1, t2, ... in order);
+        and the worker views when asked for."""
+        with self._lock:
+            out: dict[str, Any] = {"summary": self.summary(), "workers": None,
+                                   "last_id": f"t{self._last_seq}" if self._last_seq else None}
+            if after is None:
+                out["events"], out["cursor"], out["missed"] = [], self.events.added, 0
+                out["recent_ids"] = [i for state in (None, *_FINAL) for i in self.listing_ids(state, 1000)]
+            else:
+                events, out["cursor"], skipped = self.events.after(after, FEED_SCAN)
+                told = [e for e in events if e.dst in _TOLD and (e.dst != "assigned" or e.src == "queued")]
+                out["missed"] = skipped + max(len(told) - FEED_EVENTS, 0)
+                out["events"] = [self._fed(event) for event in told[-FEED_EVENTS:]]
+            if workers:
+                out["workers"] = self.worker_views()
+            return out
+
+    def _fed(self, event: Event) -> dict[str, Any]:
+        out = event.to_dict()
+        task = self.tasks.get(event.task)
+        if task is not None:
+            out["facts"] = {"placement_attempts": task.placement_attempts, "queued_at": task.queued_at,
+                            "started_at": task.started_at, "last_error": task.last_error,
+                            "name": task.name}
+        return out
 
     def counts(self) -> dict[str, int]:
         """Tasks by state, kept up to date by every move: O(1), however many tasks there are."""
@@ -274,6 +316,10 @@ class Views(MasterState):
             return {state.value: self._counts[state] for state in S}
 
 
+FEED_SCAN = 200_000  # moves one feed reads; a shell that falls further behind skips, and says so
+FEED_EVENTS = 1000  # moves one feed returns: more in half a second are a burst, told as a count
+_TOLD = frozenset({"assigned", "completed", "failed", "dead"})  # the moves notices tell
+_FINAL = ("completed", "failed", "cancelled", "dead")
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)
 
 

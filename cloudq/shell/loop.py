@@ -18,7 +18,6 @@ import shlex
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
@@ -31,13 +30,15 @@ from prompt_toolkit.styles import Style
 
 from cloudq.commands import parse, split_line
 from cloudq.commands.follow import end_line, follow_logs, follow_show, following
+from cloudq.commands.gate import ChangeRefused
 from cloudq.commands.registry import Command, Result
 from cloudq.errors import CloudqError
 from cloudq.render import neutralise, render, render_error, render_json
 from cloudq.shell import pager
 from cloudq.shell.completion import RegistryCompleter
 from cloudq.shell.history import ShellHistory
-from cloudq.shell.jobs import ChangeRefused, Job
+from cloudq.shell.jobs import Job
+from cloudq.shell.link import MasterLink
 from cloudq.shell.live import Watcher
 from cloudq.shell.local import LOCAL, NOTICE_MODES, QUIT_WORDS
 from cloudq.shell.notices import Notice, select
@@ -51,10 +52,17 @@ NOTICE_MODE_HELP = {"on": "every notice", "errors": "failures, dead tasks, lost 
                     "off": "none"}
 
 
-def run_shell(master: Any, address: str) -> None:
+def run_shell(link: MasterLink) -> None:
+    """The shell until quit or Ctrl-D: over the master in this process (which stops after it)
+    or over a master elsewhere (which goes on)."""
     history = ShellHistory(Path(os.environ.get("CLOUDQ_HISTORY", Path.home() / ".cloudq_history")))
-    shell = Shell(master, history)
-    print(f"cloudq master on {address}. Type `help` for commands, Tab to complete, Ctrl-D to quit.")
+    shell = Shell(link, history)
+    if link.local:
+        print(f"cloudq master on {link.address}. Type `help` for commands, Tab to complete, "
+              f"Ctrl-D to quit.")
+    else:
+        print(f"cloudq shell on the master at {link.address}. Type `help` for commands, Tab to "
+              f"complete, Ctrl-D to leave (the master goes on).")
     shell.watcher.start()
     try:
         shell.loop()
@@ -89,12 +97,12 @@ def json_request(words: list[str]) -> tuple[list[str], bool]:
 
 
 class Shell:
-    def __init__(self, master: Any, history: ShellHistory) -> None:
-        self.master = master
+    def __init__(self, link: MasterLink, history: ShellHistory) -> None:
+        self.link = link
         self.history = history
         mode = os.environ.get("CLOUDQ_NOTICES", "on")
         self.notice_mode = mode if mode in NOTICE_MODES else "on"
-        self.watcher = Watcher(master, self.notify)
+        self.watcher = Watcher(link, self.notify)
         with contextlib.suppress(OSError):
             self.watcher.learn_from_history(
                 line for _, line in zip(range(HISTORY_LINES_LEARNT), history.load_history_strings(),
@@ -162,9 +170,9 @@ class Shell:
             self._watch(args, vertical, as_json)
             return True
         if following(args):
-            self._follow(cmd, args, as_json)
+            self._follow(cmd, args, words, as_json)
             return True
-        job = Job(self.master, cmd, args, self._announce, self._note)
+        job = Job(self.link, cmd, args, words, self._announce, self._note)
         self.jobs.append(job)
         try:
             job.start()
@@ -192,7 +200,7 @@ class Shell:
         """Before the master stops: no command may begin a change any more, and those under
         way are waited for, so none is cut halfway."""
         for job in self.jobs:
-            job.gate.interrupt()
+            job.guard.interrupt()
         for job in self.jobs:
             while job.changing:
                 self._say(f"waiting for {job.cmd.name} to finish before the master stops")
@@ -203,22 +211,22 @@ class Shell:
             self._print_pending()
 
     # ------------------------------------------------------------------ commands run again and again
-    def _read(self, cmd: Command, args: argparse.Namespace) -> Result:
+    def _read(self, cmd: Command, args: argparse.Namespace, words: list[str]) -> Result:
         """One run of a repeated command, through a read-only gate; Ctrl-C interrupts it."""
-        job = Job(self.master, cmd, args, self._announce, self._note, read_only=True).start()
+        job = Job(self.link, cmd, args, words, self._announce, self._note, read_only=True).start()
         try:
             return job.wait()
         except KeyboardInterrupt:
             job.interrupt()  # a read: nothing to wait for
             raise
 
-    def _follow(self, cmd: Command, args: argparse.Namespace, as_json: bool) -> None:
+    def _follow(self, cmd: Command, args: argparse.Namespace, words: list[str], as_json: bool) -> None:
         """`logs ID --follow`, `show ID --follow`: until the task ends, a key or Ctrl-C."""
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         last = None
         try:
             with Keys() as keys:
-                fetch = functools.partial(self._read, cmd, args)
+                fetch = functools.partial(self._read, cmd, args, words)
                 if cmd.name == "logs":
                     last = follow_logs(fetch, keys.wait, sys.stdout, as_json=as_json, raw=args.raw)
                 else:
@@ -242,7 +250,7 @@ class Shell:
         line = shlex.join(args.words)
         try:
             inner, inner_args = watched(args.words)
-            fetch = functools.partial(self._read, inner, inner_args)
+            fetch = functools.partial(self._read, inner, inner_args, args.words)
             try:
                 first: list[Result] = [fetch()]
             except ChangeRefused as err:
@@ -289,13 +297,12 @@ class Shell:
         return True
 
     def _may_quit(self, force: bool = False) -> bool:
-        """Quit and Ctrl-D stop the master: with tasks running, the operator says so first."""
+        """Quit and Ctrl-D stop the master (the master's own shell): with tasks running, the
+        operator says so first."""
         if force:
             return True
         try:
-            counts = self.master.counts()
-            busy = counts.get("running", 0) + counts.get("assigned", 0)
-            ids = self.master.listing_ids("running", 5) if busy else []
+            busy, ids = self.link.running(5)
         except Exception:  # noqa: BLE001 - the master cannot say: do not hold the operator
             return True
         if not busy:

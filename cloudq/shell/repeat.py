@@ -24,10 +24,10 @@ from typing import TextIO
 
 from cloudq.commands import parse
 from cloudq.commands.follow import following
+from cloudq.commands.gate import ChangeRefused
 from cloudq.commands.registry import Command, Result
 from cloudq.errors import CloudqError, ValidationError
 from cloudq.render import neutralise, render_error
-from cloudq.shell.jobs import ChangeRefused
 from cloudq.shell.local import LOCAL, QUIT_WORDS
 
 

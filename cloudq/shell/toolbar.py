@@ -23,7 +23,9 @@ def toolbar(figures: Figures, notices: str, now: float | None = None,
     """The toolbar for a terminal `columns` wide: the notices mode is left out when it would
     not fit, so the counts always show whole."""
     now = time.time() if now is None else now
-    wait = duration(now - figures.oldest_queued_at) if figures.oldest_queued_at and figures.queued else "-"
+    wait = "-"
+    if figures.oldest_wait_s is not None and figures.queued:
+        wait = duration(figures.oldest_wait_s + max(now - figures.at, 0.0))
     down = figures.workers_up < figures.workers_total
     parts: list[tuple[str, str]] = [
         ("class:bottom-toolbar.warn" if down or not figures.workers_total else "",

@@ -12,7 +12,9 @@ from cloudq.commands import Context, dispatch, parse
 from cloudq.commands.follow import SKIPPED, end_line, follow_logs, follow_show, new_output
 from cloudq.master.core import Master
 from cloudq.render import render
-from cloudq.shell.jobs import ChangeRefused, Gate, Job
+from cloudq.commands.gate import ChangeRefused, Gate, Guard
+from cloudq.shell.jobs import Job
+from cloudq.shell.link import LocalLink
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -136,12 +138,12 @@ def test_a_key_stops_following() -> None:
 
 def test_a_read_only_gate_refuses_a_change_before_it_starts() -> None:
     master = Master()
-    gate = Gate(master, threading.Event(), read_only=True)
+    gate = Gate(master, Guard(read_only=True))
     with pytest.raises(ChangeRefused, match="submit changes the master"):
         gate.submit([{"kind": "noop"}])
     assert master.tasks == {} and gate.counts()["queued"] == 0
     cmd, args = parse(["task", "--noop"])
-    job = Job(master, cmd, args, print, print, read_only=True).start()
+    job = Job(LocalLink(master, "test"), cmd, args, ["task", "--noop"], print, print, read_only=True).start()
     with pytest.raises(ChangeRefused):
         job.wait()
     assert master.tasks == {}

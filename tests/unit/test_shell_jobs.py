@@ -13,13 +13,15 @@ from cloudq.commands import parse
 from cloudq.commands.registry import Interrupted
 from cloudq.master.core import Master
 from cloudq.shell.history import ShellHistory
-from cloudq.shell.jobs import Gate, Job
+from cloudq.commands.gate import Gate, Guard
+from cloudq.shell.jobs import Job
+from cloudq.shell.link import LocalLink
 
 
 def test_a_gate_interrupted_first_refuses_every_change() -> None:
-    master, stop = Master(), threading.Event()
-    gate = Gate(master, stop)
-    assert gate.interrupt() is None
+    master, guard = Master(), Guard()
+    gate = Gate(master, guard)
+    assert guard.interrupt() is None
     with pytest.raises(Interrupted):
         gate.submit([{"kind": "noop"}])
     assert master.tasks == {} and gate.counts()["queued"] == 0  # reads still pass
@@ -36,7 +38,8 @@ def test_a_change_under_way_is_reported_and_finishes() -> None:
     master = SlowMaster()
     announced: list[str] = []
     cmd, args = parse(["task", "--noop", "--name", "slow"])
-    job = Job(master, cmd, args, announced.append, lambda text: None).start()
+    job = Job(LocalLink(master, "test"), cmd, args, ["task", "--noop", "--name", "slow"], announced.append,
+              lambda text: None).start()
     assert entered.wait(10)
     message = job.interrupt()
     assert message.startswith("interrupted: task goes on in the background")
@@ -54,7 +57,7 @@ def test_a_submit_interrupted_while_reading_its_file_submits_nothing(tmp_path) -
     master = Master()
     cmd, args = parse(["submit", str(batch)])
     notes: list[str] = []
-    job = Job(master, cmd, args, lambda text: None, notes.append).start()
+    job = Job(LocalLink(master, "test"), cmd, args, ["submit", str(batch)], lambda text: None, notes.append).start()
     message = job.interrupt()  # at once: it is still reading lines
     assert job.done.wait(30)
     print(f"\n{message!r}; the job ended with {type(job.error).__name__}")

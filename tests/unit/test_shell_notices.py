@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from cloudq.master.core import Master
+from cloudq.shell.link import LocalLink
 from cloudq.shell.live import Watcher
 from cloudq.shell.loop import _without_g, vertical_request
 from cloudq.shell.notices import (
@@ -47,7 +48,7 @@ class Collected:
 def watched() -> tuple[Master, Watcher, Collected]:
     master = Master()
     collected = Collected()
-    watcher = Watcher(master, collected).start()
+    watcher = Watcher(LocalLink(master, "test"), collected).start()
     yield master, watcher, collected
     watcher.stop()
 
@@ -94,10 +95,12 @@ def test_the_toolbar_counts_and_the_oldest_wait(watched) -> None:
     _register(master, cores=1.0)
     master.submit([{"kind": "noop", "resources": {"cpu_cores": 1.0}}])
     master.submit([{"kind": "noop", "resources": {"cpu_cores": 1.0}}, {"kind": "noop", "resources": {"cpu_cores": 1.0}}])
-    figures = watcher.wait_figures(lambda f: f.queued == 2, 10)  # read once a second
+    figures = watcher.wait_figures(lambda f: f.queued == 2, 10)  # read twice a second
     assert figures is not None, watcher.figures()
     assert (figures.workers_up, figures.workers_total, figures.running, figures.queued) == (1, 1, 1, 2)
-    text = "".join(part for _, part in toolbar(figures, "on", now=figures.oldest_queued_at + 64))
+    assert figures.oldest_wait_s is not None
+    later = figures.at + 64.5 - figures.oldest_wait_s  # when the oldest has waited 64.5 s
+    text = "".join(part for _, part in toolbar(figures, "on", now=later))
     print(f"\n{text}")
     assert "workers 1/1 up | running 1 | queued 2 | held 0 | dead 0 | oldest wait 1m04s" in text
 

@@ -13,7 +13,9 @@ from cloudq.errors import NotFoundError, ValidationError
 from cloudq.master.core import Master
 from cloudq.render import render
 from cloudq.shell.completion import complete_line
-from cloudq.shell.jobs import ChangeRefused, Job
+from cloudq.commands.gate import ChangeRefused
+from cloudq.shell.jobs import Job
+from cloudq.shell.link import LocalLink
 from cloudq.shell.repeat import Screen, refusal, run_watch, watch_header, watched
 
 pytestmark = pytest.mark.timeout(30)
@@ -57,13 +59,15 @@ def test_a_watched_change_is_refused_before_it_changes_anything() -> None:
     (task,) = master.submit([{"kind": "noop"}])
     for line in (["cancel", task.id], ["hold", task.id], ["priority", task.id, "high"], ["drain", "w1"]):
         cmd, args = watched(line)
-        job = Job(master, cmd, args, print, print, read_only=True).start()
+        job = Job(LocalLink(master, "test"), cmd, args, line, print, print, read_only=True).start()
         with pytest.raises(ChangeRefused) as caught:
             job.wait()
         print(refusal(cmd, caught.value))
     assert master.get(task.id).state.value == "queued" and master.get(task.id).priority.value == "medium"
-    cmd, args = watched(["task", "--noop", "--dry-run"])  # a read, though `task` submits otherwise
-    assert Job(master, cmd, args, print, print, read_only=True).start().wait().title.startswith("Dry run")
+    dry = ["task", "--noop", "--dry-run"]
+    cmd, args = watched(dry)  # a read, though `task` submits otherwise
+    job = Job(LocalLink(master, "test"), cmd, args, dry, print, print, read_only=True).start()
+    assert job.wait().title.startswith("Dry run")
 
 
 def test_run_watch_redraws_each_run_and_draws_an_error_in_place() -> None:
