@@ -4,15 +4,14 @@ the shell's read-only gate that every repeated command runs through."""
 from __future__ import annotations
 
 import io
-import threading
 
 import pytest
 
 from cloudq.commands import Context, dispatch, parse
 from cloudq.commands.follow import SKIPPED, end_line, follow_logs, follow_show, new_output
+from cloudq.commands.gate import ChangeRefused, Gate, Guard
 from cloudq.master.core import Master
 from cloudq.render import render
-from cloudq.commands.gate import ChangeRefused, Gate, Guard
 from cloudq.shell.jobs import Job
 from cloudq.shell.link import LocalLink
 

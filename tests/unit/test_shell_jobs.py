@@ -10,10 +10,10 @@ import threading
 import pytest
 
 from cloudq.commands import parse
+from cloudq.commands.gate import Gate, Guard
 from cloudq.commands.registry import Interrupted
 from cloudq.master.core import Master
 from cloudq.shell.history import ShellHistory
-from cloudq.commands.gate import Gate, Guard
 from cloudq.shell.jobs import Job
 from cloudq.shell.link import LocalLink
 

@@ -8,12 +8,12 @@ import io
 import pytest
 
 from cloudq.commands import Context, dispatch, parse
+from cloudq.commands.gate import ChangeRefused
 from cloudq.commands.registry import Result
 from cloudq.errors import NotFoundError, ValidationError
 from cloudq.master.core import Master
 from cloudq.render import render
 from cloudq.shell.completion import complete_line
-from cloudq.commands.gate import ChangeRefused
 from cloudq.shell.jobs import Job
 from cloudq.shell.link import LocalLink
 from cloudq.shell.repeat import Screen, refusal, run_watch, watch_header, watched
