@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,8 +77,8 @@ class TmuxShell:
         conf = self.tmp / "tmux.conf"
         # remain-on-exit: when the master ends, the pane stays so its exit status can be read.
         conf.write_text("set -g remain-on-exit on\nset -g history-limit 50000\n")
-        command = shlex.join([
-            sys.executable, "-m", "cloudq", "master", "--port", "0",
+        command = shlex.join([  # the start script with arguments, as the README gives it
+            str(ROOT / "runMaster.sh"), "--port", "0",
             "--data-dir", str(self.data_dir), "--local-workers", "1", "--interval", "300",
             # Task directories under this test's tmp dir, which also names the worker uniquely.
             "--local-worker-args", f"--work-dir {self.work_dir}", *extra,
