@@ -31,7 +31,7 @@ from cloudq.errors import NotFoundError
 from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import QueueClass, Task, TaskState
+from cloudq.model import Priority, QueueClass, Task, TaskState
 from cloudq.scheduler import Backlog, Scheduler
 from cloudq.specs import capabilities_of
 from cloudq.transitions import EFFECTS, Event, EventLog, move
@@ -63,6 +63,14 @@ class Hooks:
 
     on_event: list[Callable[[Event], None]] = field(default_factory=list)
     on_placement_pass: list[Callable[[float, int], None]] = field(default_factory=list)
+    # A task going back to wait out a back-off, with why in one word (RETRY_CAUSES).
+    on_retry: list[Callable[[Task, str], None]] = field(default_factory=list)
+
+
+# Why a task is retried, as on_retry tells it: its run failed, ran past its timeout, or was
+# cancelled by its worker; its worker failed it (a worker fault), was lost (lease, restart),
+# or never started it.
+RETRY_CAUSES = ("failed", "timed_out", "cancelled", "worker_fault", "worker_lost", "not_started")
 
 
 class MasterState:
@@ -104,6 +112,7 @@ class MasterState:
         # Queued ids by class, in the order they were queued, with when: the oldest wait is the
         # first of each (toolbar, metrics) without a scan of the backlog.
         self._waiting: dict[QueueClass, dict[str, float]] = {q: {} for q in QueueClass}
+        self._queued_by_priority: Counter[Priority] = Counter()  # the same tasks, by priority
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
@@ -163,9 +172,10 @@ class MasterState:
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
-        self._retry_or_bury(task, now, why)
+        self._retry_or_bury(task, now, why, "worker_lost")
 
-    def _retry_or_bury(self, task: Task, now: float, why: str) -> None:
+    def _retry_or_bury(self, task: Task, now: float, why: str, cause: str) -> None:
+        """`cause`: one of RETRY_CAUSES, told to the on_retry hooks."""
         if task.worker and task.worker not in task.tried_workers:
             task.tried_workers.append(task.worker)
         if not retry.retries_left(task):
@@ -173,6 +183,8 @@ class MasterState:
             return
         task.not_before = now + retry.backoff_s(task, self.rng)
         self._move(task, S.RETRYING, now, why)
+        for hook in self.hooks.on_retry:
+            hook(task, cause)
         if task.not_before <= now:
             self._move(task, S.QUEUED, now)
 
@@ -267,8 +279,19 @@ class MasterState:
         task.not_before = None
         self.backlog.add(task, self._required(task))
         self._waiting[task.queue][task.id] = task.queued_at
+        self._queued_by_priority[task.priority] += 1
         if task.ttl_s:
             self._expiring.add(task.id)
+
+    def _wait_in(self, queue: QueueClass, task_id: str, since: float) -> None:
+        """A task moved into another class keeps its place there by time: when it is older
+        than the newest, the class's order is mended (Timsort puts one element out of place
+        back in a single pass). Only an operator's class change comes here."""
+        waiting = self._waiting[queue]
+        newest = next(reversed(waiting.values()), None)
+        waiting[task_id] = since
+        if newest is not None and since < newest:
+            self._waiting[queue] = dict(sorted(waiting.items(), key=lambda item: item[1]))
 
     def _release(self, task: Task) -> None:
         record = self.workers.get(task.worker or "")
@@ -305,6 +328,7 @@ class MasterState:
             self.backlog.remove(task.id)  # a placed task was already popped: a cheap miss
         if src is _QUEUED:
             self._waiting[task.queue].pop(task.id, None)
+            self._queued_by_priority[task.priority] -= 1
         if effects.release:
             self._release(task)
         if effects.enqueue:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cloudq.errors import LimitError
+from cloudq.errors import CloudqError, LimitError, ValidationError
 from cloudq.rpc.client import MasterClient
 from tests.cluster.harness import wait_until
 
@@ -147,3 +147,30 @@ def test_a_good_worker_keeps_working_beside_capacity_advertising_ghosts(cluster)
           f"ghosts quarantined: {sum(w['status'] == 'quarantined' for w in ghosts)}/20")
     assert attacked < 30
     assert all(w["status"] in ("quarantined", "offline") for w in ghosts)
+
+
+def test_the_shell_feed_and_read_only_calls_check_what_they_are_sent(cluster):
+    """What the remote shell calls (`feed`, `call` with read_only) against a real master: bad
+    cursors are refused with a reason, a read-only call cannot change anything, and the feed
+    tells a move once."""
+    master = cluster.start_master()
+    client = master.client()
+    for bad in ({"after": -1}, {"after": True}, {"after": "t1"}, {"after": 1.5}, [1]):
+        with pytest.raises(ValidationError):
+            client.call("feed", bad)
+    assert client.call("feed", {"after": 2**62})["events"] == []  # from the future: from now on
+    task_id = master.ctl("task", "--noop")["id"]
+    with pytest.raises(CloudqError, match="cancel changes the master"):
+        client.call("call", {"argv": ["cancel", task_id], "files": {}, "read_only": True})
+    assert master.task(task_id)["state"] == "queued"
+    # A command that says it reads runs read-only whatever the caller asks.
+    listed = client.call("call", {"argv": ["queue"], "files": {}, "read_only": False})
+    assert [row[0] for row in listed["rows"]] == [task_id]
+    seed = client.call("feed", {"after": None, "workers": True})
+    assert seed["last_id"] == task_id and task_id in seed["recent_ids"] and seed["workers"] == []
+    cluster.start_worker("w1")
+    master.wait_state(task_id, "completed")
+    feed = client.call("feed", {"after": seed["cursor"]})
+    told = [(e["task"], e["dst"]) for e in feed["events"]]
+    assert told == [(task_id, "assigned"), (task_id, "completed")], told
+    assert client.call("feed", {"after": feed["cursor"]})["events"] == []
