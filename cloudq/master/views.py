@@ -285,7 +285,7 @@ class Views(MasterState):
         `after` that a notice tells (a cursor from the last feed; None: none, only the cursor
         and the recent task ids, for a shell that starts), each with the task facts its notice
         needs, and how many were skipped; the newest task's id (ids are t1, t2, ... in order);
-        and the worker views when asked for."""
+        and the worker views and lock names when asked for."""
         with self._lock:
             out: dict[str, Any] = {"summary": self.summary(), "workers": None,
                                    "last_id": f"t{self._last_seq}" if self._last_seq else None}
@@ -299,6 +299,7 @@ class Views(MasterState):
                 out["events"] = [self._fed(event) for event in told[-FEED_EVENTS:]]
             if workers:
                 out["workers"] = self.worker_views()
+                out["locks"] = sorted(set(self.locks.snapshot()) | self.backlog.lock_names())[:FEED_LOCKS]
             return out
 
     def _fed(self, event: Event) -> dict[str, Any]:
@@ -318,6 +319,7 @@ class Views(MasterState):
 
 FEED_SCAN = 200_000  # moves one feed reads; a shell that falls further behind skips, and says so
 FEED_EVENTS = 1000  # moves one feed returns: more in half a second are a burst, told as a count
+FEED_LOCKS = 10_000  # lock names one feed returns, for completion
 _TOLD = frozenset({"assigned", "completed", "failed", "dead"})  # the moves notices tell
 _FINAL = ("completed", "failed", "cancelled", "dead")
 _UNFINISHED_ORDER = (S.RUNNING, S.ASSIGNED, S.QUEUED, S.RETRYING, S.HELD, S.PENDING)

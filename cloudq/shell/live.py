@@ -4,7 +4,8 @@ completes, and the changes the notices tell.
 A thread of the shell's own (the watcher) reads the master's feed (Views.feed) every TICK_S,
 through the link, so the master's own shell and a remote one (`cloudq shell --master`) are the
 same code: the summary, the moves since the last read (a cursor into the master's event log),
-and, when the workers' counts moved or every few seconds, the workers' views. It keeps
+and, when the workers' counts moved or every few seconds, the workers' views and the lock
+names held or waited for. It keeps
 snapshots and hands notices on. The toolbar and the completer read snapshots only: a redraw or
 a Tab never waits for the master.
 """
@@ -152,6 +153,8 @@ class Watcher:
         if feed["workers"] is not None:
             self._views_at, self._views_counts, self._views_wanted = now, counts, False
             notices += self._take_workers(feed["workers"], tell=not seeding)
+            with self._lock:  # held or waited for now, after those typed in this shell
+                self._locks.update(dict.fromkeys(feed.get("locks") or ()))
         else:  # a worker joined, was lost...: its views at the next read, not in 5 s
             self._views_wanted = counts != self._views_counts
         return notices

@@ -14,6 +14,7 @@ from cloudq.commands.ops import CHANGES, READS, MasterOps
 from cloudq.commands.registry import Context, run
 from cloudq.master.core import Master, MasterConfig
 from cloudq.shell.link import LocalLink
+from cloudq.shell.live import Watcher
 from cloudq.transitions import Event, EventLog
 from tests.unit.test_commands import worker
 from tests.unit.test_master_core import Clock
@@ -96,7 +97,7 @@ def test_the_feed_tells_moves_since_the_cursor_with_facts(busy: Master, clock: C
     seed = link.feed(None, workers=True)
     assert seed["events"] == [] and seed["last_id"] == "t2"
     assert seed["recent_ids"][:2] == ["t1", "t2"] and [w["name"] for w in seed["workers"]] == ["w1"]
-    assert seed["summary"]["oldest_wait_s"] == 0.0
+    assert seed["summary"]["oldest_wait_s"] == 0.0 and seed["locks"] == ["db"]
     clock.now += 30
     busy.report("w1", 1, [{"task": "t1", "attempt": 1, "state": "completed"}])  # t2 gets the core
     feed = link.feed(seed["cursor"])
@@ -119,3 +120,14 @@ def test_the_oldest_wait_follows_each_queue_class(busy: Master, clock: Clock) ->
     busy.cancel(live.id)
     busy.cancel("t2")
     assert busy.oldest_waits() == {} and busy.summary()["oldest_wait_s"] is None
+
+
+def test_completion_offers_the_masters_lock_names_and_new_ids(busy: Master) -> None:
+    watcher = Watcher(LocalLink(busy, "test"), lambda notices: None).start()
+    try:
+        assert watcher.live().locks == ["db"] and watcher.live().task_ids[:2] == ["t2", "t1"]
+        busy.submit([{"kind": "noop", "resources": {"cpu_cores": 64.0}}])
+        watcher._read()  # what its thread does twice a second
+        assert watcher.live().task_ids[0] == "t3"
+    finally:
+        watcher.stop()
