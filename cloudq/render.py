@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tabulate import tabulate
+from wcwidth import wcswidth, wcwidth
 
 from cloudq.commands.registry import Result
 
@@ -72,23 +73,62 @@ def render_error(err: BaseException | str) -> str:
 
 def _cell(value: Any, limit: int | None = None) -> str:
     text = neutralise(str(value), one_line=True)
-    if limit is not None and len(text) > max(limit, 20):
-        return text[: max(limit, 20) - 1] + "…"
+    if limit is not None and text_width(text) > max(limit, 20):
+        return _cut(text, max(limit, 20))
     return text
 
 
+def text_width(text: str) -> int:
+    """Columns `text` takes on a terminal (a CJK character or an emoji takes two)."""
+    if text.isascii():
+        return len(text)
+    wide = wcswidth(text)
+    return wide if wide >= 0 else len(text)
+
+
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+    """`text` in at most `width` columns: its start and `…`."""
+    if text_width(text) <= width:
+        return text
+    return _take(text, width - 1) + "…" if width > 0 else ""
+
+
+def _cut_middle(text: str, width: int) -> str:
+    """`text` in at most `width` columns: its start, `…` and its end (the tag of an image, the
+    number of a worker)."""
+    if text_width(text) <= width:
+        return text
+    if width < 3:
+        return _cut(text, width)
+    tail = (width - 1) // 2
+    return _take(text, width - 1 - tail) + "…" + _take(text[::-1], tail)[::-1]
+
+
+def _take(text: str, width: int) -> str:
+    """The longest start of `text` that fits in `width` columns."""
+    if text.isascii():
+        return text[:max(width, 0)]
+    used = 0
+    for index, char in enumerate(text):
+        used += max(wcwidth(char), 0)
+        if used > width:
+            return text[:index]
+    return text
 
 
 # Columns of free text, cut first when a table is too wide: the whole text is in `show ID`.
 FREE_TEXT = frozenset({"reason", "last error", "last_error", "error", "what", "why", "message",
-                       "labels", "spec", "image", "image/scenario", "name"})
-COMFORTABLE_FREE = 40  # free text is cut to this before headers wrap
-MIN_FREE = 16  # a free-text column is cut to no fewer columns than this
-MIN_OTHER = 8  # nor any other column, before the table is printed as blocks instead
-_GAP = 2  # tabulate's "simple" format puts two spaces between columns
-_HEADER_PAD = 2  # and makes a column at least two wider than its header (tabulate.MIN_PADDING)
+                       "labels", "spec", "name"})
+# Columns of names, cut next, in the middle: the end of an image is its tag, of a worker its number.
+NAMES = frozenset({"image", "image/scenario", "target"})
+COMFORTABLE_FREE = 40  # free text and names are cut to this before anything else changes
+MIN_FREE = 16  # then, once columns are as close as they go, free text is cut to this
+MIN_NAME = 12  # and names to this
+MIN_LAST = 6  # then both to this
+MIN_OTHER = 8  # and last any other column, widest first, to this (never below its header's
+# words), before the table is printed as records
+_GAP = 2  # two spaces between columns, as tabulate's "simple" format puts them; one when tight
+_HEADER_PAD = 2  # and a column at least two wider than its header (tabulate.MIN_PADDING), until tight
 
 # Colours (SGR) of task states and worker statuses; errors are red too (the shell).
 COLOURS = {
@@ -108,53 +148,67 @@ def paint(text: str, value: str) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
-def fit_widths(headers: list[str], rows: list[list[str]], width: int) -> list[int] | None:
-    """Column widths that fit `width`, losing as little as it can, in this order: the widest
-    free-text column (reason, last error) is cut down to COMFORTABLE_FREE, then the next; the
-    headers wrap onto two lines (after `/` or at a space: nothing is lost); free text is cut
-    further, down to MIN_FREE; then any column wider than MIN_OTHER, widest first. None when
-    even that does not fit (the table is then printed as records)."""
-    data = [max((len(row[i]) for row in rows if i < len(row)), default=0) for i in range(len(headers))]
-    widths = [max(len(h) + _HEADER_PAD, d) for h, d in zip(headers, data, strict=True)]
-    excess = sum(widths) + _GAP * (len(widths) - 1) - width
-    free = sorted((i for i, h in enumerate(headers) if h.strip().lower() in FREE_TEXT),
-                  key=lambda i: -widths[i])
+def fit_widths(headers: list[str], rows: list[list[str]], width: int) -> tuple[list[int], int] | None:
+    """Column widths and the gap between columns that fit `width`, losing as little as it can,
+    in this order: the widest free-text column (reason, last error) is cut down to
+    COMFORTABLE_FREE, then the next, then the names (image, target) likewise; then, losing
+    nothing, columns stop being wider than their data for their headers' sake, headers wrap
+    onto two lines (after `/` or at a space) and one space parts the columns instead of two;
+    then free text is cut to MIN_FREE, names to MIN_NAME, both to MIN_LAST, and only then any
+    other column, widest first, to MIN_OTHER. A header is never cut: no column gets narrower
+    than the longest word of its header. None when even that does not fit (the table is then
+    printed as records)."""
+    count = len(headers)
+    data = [max((text_width(row[i]) for row in rows if i < len(row)), default=0) for i in range(count)]
+    head = [text_width(h) for h in headers]
+    words = [max(text_width(w) for w in _header_words(h)) for h in headers]
+    kinds = [h.strip().lower() for h in headers]
+    free = [i for i in range(count) if kinds[i] in FREE_TEXT]
+    names = [i for i in range(count) if kinds[i] in NAMES]
+    others = [i for i in range(count) if i not in free and i not in names]
+    widths = [max(head[i] + _HEADER_PAD, data[i]) for i in range(count)]
+    gap = _GAP
 
-    def cut_free(floor: int) -> None:
-        nonlocal excess
-        for i in free:
-            cut = min(excess, widths[i] - floor)
-            if excess > 0 and cut > 0:
-                widths[i] -= cut
-                excess -= cut
+    def excess() -> int:
+        return sum(widths) + gap * (count - 1) - width
 
-    cut_free(COMFORTABLE_FREE)
-    if excess > 0:
-        for i, header in enumerate(headers):
-            narrower = max(data[i], _two_lines(header) + _HEADER_PAD)
-            if narrower < widths[i] and i not in free:
-                excess -= widths[i] - narrower
-                widths[i] = narrower
-    cut_free(MIN_FREE)
-    while excess > 0:
-        i = max(range(len(widths)), key=lambda j: widths[j])
-        if widths[i] <= MIN_OTHER:
+    def cut(columns: list[int], floor: int) -> None:
+        """Cuts the widest of `columns` as far as `floor` and as far as needed, then the next."""
+        for i in sorted(columns, key=lambda j: -widths[j]):
+            over = excess()
+            if over <= 0:
+                return
+            widths[i] -= max(min(over, widths[i] - max(floor, words[i])), 0)
+
+    cut(free, COMFORTABLE_FREE)
+    cut(names, COMFORTABLE_FREE)
+    for header_width in (head, [_two_lines(h) for h in headers]):  # headers flush, then wrapped
+        if excess() > 0:
+            widths = [min(w, max(d, h)) for w, d, h in zip(widths, data, header_width, strict=True)]
+    if excess() > 0:
+        gap = 1
+    cut(free, MIN_FREE)
+    cut(names, MIN_NAME)
+    cut(free, MIN_LAST)
+    cut(names, MIN_LAST)
+    while excess() > 0:  # the widest other column, down to the next widest, until it fits
+        wide = [i for i in others if widths[i] > max(MIN_OTHER, words[i])]
+        if not wide:
             return None
-        floor = max(MIN_OTHER, max((w for j, w in enumerate(widths) if j != i), default=0))
-        cut = min(excess, widths[i] - floor) or 1  # at least one column per round
-        widths[i] -= cut
-        excess -= cut
-    return widths
+        i = max(wide, key=lambda j: widths[j])
+        floor = max(MIN_OTHER, words[i], *(widths[j] for j in wide if j != i))
+        widths[i] -= max(min(excess(), widths[i] - floor), 1)
+    return widths, gap
 
 
 def _two_lines(header: str) -> int:
     """The width of `header` written on two lines, broken where it reads best."""
     words = _header_words(header)
-    best = len(header)
+    best = text_width(header)
     for split in range(1, len(words)):
         first = "".join(w if w.endswith("/") else w + " " for w in words[:split]).rstrip()
         second = "".join(w if w.endswith("/") else w + " " for w in words[split:]).rstrip()
-        best = min(best, max(len(first), len(second)))
+        best = min(best, max(text_width(first), text_width(second)))
     return best
 
 
@@ -167,13 +221,13 @@ def _header_words(header: str) -> list[str]:
 
 def wrap_header(header: str, width: int) -> str:
     """`header` on as many lines as it needs to be `width` wide (`cpu/mem/` over `disk/gpu`)."""
-    if len(header) <= width:
+    if text_width(header) <= width:
         return header
     lines: list[str] = []
     for word in _header_words(header):
         word = _cut(word, width)
         joined = lines[-1] + ("" if lines[-1].endswith("/") else " ") + word if lines else word
-        if lines and len(joined) <= width:
+        if lines and text_width(joined) <= width:
             lines[-1] = joined
         else:
             lines.append(word)
@@ -186,17 +240,42 @@ def _table(result: Result, width: int, vertical: bool = False, colour: bool = Fa
         if colour:
             pairs = [[k, paint(v, v) if k.strip() in COLOURED_COLUMNS else v] for k, v in pairs]
         return tabulate(pairs, tablefmt="plain")
-    headers = [_cell(h) for h in result.headers]
-    rows = [[_cell(v) for v in row] for row in result.rows]
-    widths = None if vertical else fit_widths(headers, rows, width)
-    if widths is None:  # asked for, or too wide even cut: one record after another
+    count = max(len(result.headers), *(len(row) for row in result.rows))
+    headers = [_cell(h) for h in result.headers] + [""] * (count - len(result.headers))
+    # Cells are stripped as tabulate strips them; a short row is filled with empty cells.
+    rows = [[_cell(v).strip() for v in row] + [""] * (count - len(row)) for row in result.rows]
+    fitted = None if vertical else fit_widths(headers, rows, width)
+    if fitted is None:  # asked for, or too wide even cut: one record after another
         return _blocks(headers, rows, width, colour)
-    headers = [wrap_header(h, w - _HEADER_PAD) for h, w in zip(headers, widths, strict=False)]
-    rows = [[_cut(v, widths[i]) if i < len(widths) else v for i, v in enumerate(row)] for row in rows]
-    if colour:
-        painted = {i for i, h in enumerate(headers) if h.strip() in COLOURED_COLUMNS}
-        rows = [[paint(v, v) if i in painted else v for i, v in enumerate(row)] for row in rows]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return _columns(headers, rows, *fitted, colour)
+
+
+def _columns(headers: list[str], rows: list[list[str]], widths: list[int], gap: int,
+             colour: bool) -> str:
+    """The table as tabulate's "simple" format lays it out (headers on top, a rule of dashes,
+    left-aligned cells, no trailing spaces), in `widths` parted by `gap` spaces. Colour codes
+    are added after the padding, so they never count as width."""
+    space = " " * gap
+    middle = {i for i, h in enumerate(headers) if h.strip().lower() in NAMES}
+    painted = {i for i, h in enumerate(headers) if h.strip() in COLOURED_COLUMNS} if colour else set()
+    wrapped = [wrap_header(h, w).split("\n") for h, w in zip(headers, widths, strict=True)]
+    lines = []
+    for n in range(max(len(header) for header in wrapped)):  # a wrapped header's lines, top down
+        lines.append(space.join(_pad(header[n] if n < len(header) else "", w)
+                                for header, w in zip(wrapped, widths, strict=True)).rstrip())
+    lines.append(space.join("-" * w for w in widths))
+    for row in rows:
+        cells = []
+        for i, (value, w) in enumerate(zip(row, widths, strict=True)):
+            shown = _cut_middle(value, w) if i in middle else _cut(value, w)
+            cells.append(_pad(shown, w, paint(shown, shown) if i in painted else shown))
+        lines.append(space.join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _pad(text: str, width: int, shown: str | None = None) -> str:
+    """`shown` (`text`, perhaps coloured) and the spaces that make `text` `width` columns wide."""
+    return (text if shown is None else shown) + " " * (width - text_width(text))
 
 
 def _blocks(headers: list[str], rows: list[list[str]], width: int, colour: bool) -> str:

@@ -9,8 +9,14 @@ from typing import Any
 
 View = dict[str, Any]
 
-QUEUE_COLUMNS = ["id", "kind", "target", "image/scenario", "owner", "cpu/mem/disk/gpu", "state",
-                 "class", "in queue", "placements", "reason"]
+# Short headers and compact cells, so that every column fits an 80-column terminal (the
+# renderer cuts the reason, then image and target, to make them fit; `show ID` and --json have
+# every field whole): image is the image, the scenario, the exec line or `sleep Ns`; needs is
+# what the task asks for (`8c 16G 1g d50G`); class is queue class and priority (`live/hi`,
+# `def/med`); wait is the time in queue; passes counts the placement passes that found no
+# worker for it.
+QUEUE_COLUMNS = ["id", "kind", "target", "image", "owner", "needs", "state", "class", "wait",
+                 "passes", "reason"]
 MAX_WHAT = 60  # characters of an exec line shown in a listing (show ID has all of it)
 
 
@@ -60,9 +66,26 @@ def _what(view: View) -> str:
     return f"sleep {spec.get('sleep_s') or 0:g}s" if kind == "noop" else ""
 
 
-def _resources(view: View) -> str:
-    r = view.get("resources") or {}
-    return f"{r.get('cpu_cores', 0):g}/{r.get('mem_gb', 0):g}/{r.get('storage_gb', 0):g}/{r.get('gpus', 0)}"
+def needs(resources: dict[str, Any]) -> str:
+    """What a task asks for, in one short cell: `8c 16G 1g d50G` is 8 cores, 16 GB of memory,
+    1 GPU and 50 GB of disk; what it does not ask for is left out (but the cores)."""
+    words = [f"{resources.get('cpu_cores') or 0:g}c"]
+    if resources.get("mem_gb"):
+        words.append(f"{resources['mem_gb']:g}G")
+    if resources.get("gpus"):
+        words.append(f"{resources['gpus']:g}g")
+    if resources.get("storage_gb"):
+        words.append(f"d{resources['storage_gb']:g}G")
+    return " ".join(words)
+
+
+SHORT = {"default": "def", "high": "hi", "medium": "med", "low": "lo"}  # queue classes, priorities
+
+
+def queue_class(view: View) -> str:
+    """Queue class and priority, short: `live/hi`, `def/med`, `batch/lo`."""
+    queue, priority = str(view.get("queue")), str(view.get("priority"))
+    return f"{SHORT.get(queue, queue)}/{SHORT.get(priority, priority)}"
 
 
 def _note(view: View) -> str:
@@ -74,10 +97,10 @@ def _note(view: View) -> str:
 
 _CELLS: dict[str, Callable[[View], str]] = {
     "target": _target,
-    "image/scenario": _what,
-    "cpu/mem/disk/gpu": _resources,
-    "class": lambda view: f"{view.get('queue')}/{view.get('priority')}",
-    "in queue": lambda view: duration(view["in_queue_s"]) if view.get("in_queue_s") is not None else "",
-    "placements": lambda view: str(view.get("placement_attempts") or 0),
+    "image": _what,
+    "needs": lambda view: needs(view.get("resources") or {}),
+    "class": queue_class,
+    "wait": lambda view: duration(view["in_queue_s"]) if view.get("in_queue_s") is not None else "",
+    "passes": lambda view: str(view.get("placement_attempts") or 0),
     "reason": _note,
 }

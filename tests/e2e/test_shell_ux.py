@@ -65,20 +65,38 @@ def test_tab_completes_an_option_a_task_id_and_a_worker_name_and_up_recalls(
     assert re.search(r"workers 1/1 up \| running 0 \| queued 1 \| held 0 \| dead 0 \| oldest wait \d+s", bar)
 
 
-def test_queue_is_a_table_that_fits_and_records_on_demand(start_shell: Callable[..., TmuxShell]) -> None:
-    width = 200
+QUEUE_HEADERS = ["id", "kind", "target", "image", "owner", "needs", "state", "class", "wait",
+                 "passes", "reason"]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_queue_is_a_table_of_every_column_that_fits_and_records_on_demand(
+        start_shell: Callable[..., TmuxShell], width: int) -> None:
     shell = _sized(start_shell, width)
     task_id = submitted_id(shell.run("task -cpu_cores 64 --name too-big --exec true"))
+    # A long image, a GPU, pinned to a worker that never registers: it waits, with its reason
+    # (sent over RPC: typed, so long a line would wrap the 80-column prompt).
+    image = "registry.example.com/ml-team/bert-large-finetune:2024.06.01-cuda12"
+    with MasterClient(shell.address) as client:
+        pinned = client.call("call", {"argv": ["task", "gpu-worker-42", image, "-cpu_cores", "8",
+                                               "-mem", "32", "-gpu", "1", "--queue", "live",
+                                               "--priority", "high"], "files": {}})["data"]["id"]
     out = shell.run("queue")
     print(f"\n{width} columns:\n" + "\n".join(out))
     assert not any("RECORD" in line for line in out), "queue switched to records"
     assert max(len(line) for line in out) <= width
+    assert out[1].split() == QUEUE_HEADERS, f"not every column is shown: {out[1]!r}"
     row = next(line for line in out if line.startswith(task_id))
-    assert "queued" in row
+    assert "queued" in row and "Never" in row
+    row = next(line for line in out if line.startswith(pinned))
+    assert "queued" in row and "live/hi" in row
+    if width == 200:
+        assert image in row and "8c 32G 1g" in row and "gpu-worker-42 has not registered" in row
     styled = next(line for line in shell.styled_lines() if line.startswith(task_id))
     assert re.search(r"\x1b\[[0-9;]*33mqueued", styled), f"queued is not yellow: {styled!r}"
     out = shell.run("queue \\G")  # records on demand
-    assert out[1].startswith("-[ RECORD 1 ]") and field(out, "id") == task_id
+    assert out[1].startswith("-[ RECORD 1 ]") and field(out, "id") == pinned  # live/high first
+    assert [line.split() for line in out if line.startswith("id ")] == [["id", pinned], ["id", task_id]]
 
 
 def test_a_notice_for_an_assignment_prints_above_the_half_typed_line(

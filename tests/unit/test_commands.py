@@ -240,14 +240,14 @@ def test_queue_shows_the_operators_columns_in_serving_order(master, clock):
     master.heartbeat("w1", {})
     master.tick()  # counts a placement attempt for each blocked shape's head
     reply = run(master, "queue")
-    assert reply.headers == ["id", "kind", "target", "image/scenario", "owner", "cpu/mem/disk/gpu",
-                             "state", "class", "in queue", "placements", "reason"]
+    assert reply.headers == ["id", "kind", "target", "image", "owner", "needs", "state", "class",
+                             "wait", "passes", "reason"]
     rows = {r[0]: r for r in reply.rows}
     assert [r[0] for r in reply.rows] == ["t1", "t3", "t2", "t4"]  # running, then serving order
-    assert rows["t1"][:8] == ["t1", "exec", "w1", "sleep 5", "ann", "2/0/0/0", "running", "default/medium"]
-    assert rows["t3"][1:9] == ["ffmpeg", "any", "720p30-h264", "ann", "1/0/0/0", "queued", "live/high",
-                               "1m04s"]
-    assert rows["t2"][3] == "alpine:latest" and rows["t2"][5] == "1/2/0/0"
+    assert rows["t1"][:8] == ["t1", "exec", "w1", "sleep 5", "ann", "2c", "running", "def/med"]
+    assert rows["t3"][1:9] == ["ffmpeg", "any", "720p30-h264", "ann", "1c", "queued", "live/hi", "1m04s"]
+    assert rows["t2"][3] == "alpine:latest" and rows["t2"][5] == "1c 2G"
+    assert rows["t4"][7] == "batch/med"
     assert rows["t4"][9] == "1" and rows["t4"][10] == "Never fits: needs 64 cores; the largest worker has 4"
     view = {v["id"]: v for v in reply.data}["t3"]
     assert view["in_queue_s"] == 64.0 and view["never_fits"] is None and view["priority"] == "high"

@@ -16,6 +16,7 @@ from cloudq.render import (
     render,
     render_error,
     render_json,
+    text_width,
 )
 
 # Anything a terminal acts on: C0 but newline and tab, DEL, C1. What the renderer prints must have none.
@@ -151,3 +152,96 @@ def test_headers_wrap_before_free_text_is_cut_short() -> None:
     assert lines[0].split() == ["id", "cpu/mem/", "in", "reason"]
     assert lines[1].split() == ["disk/gpu", "queue"]
     assert max(map(len, lines)) <= 70 and lines[-1].endswith("the end!")  # the reason is whole
+
+
+# A realistic queue, through the registry: long reasons, long image names, GPU tasks, a task
+# that never fits, one pinned to a worker that has not registered, one retrying on a lost worker.
+QUEUE_HEADERS = ["id", "kind", "target", "image", "owner", "needs", "state", "class", "wait",
+                 "passes", "reason"]
+LONG_IMAGE = "registry.example.com/ml-team/bert-large-finetune-with-a-long-name:2024.06.01-cuda12"
+
+
+def _real_queue() -> Result:
+    from cloudq.commands import Context, dispatch, split_line
+    from cloudq.master.core import Master, MasterConfig
+    from tests.unit.test_master_core import Clock
+
+    clock = Clock()
+    master = Master(config=MasterConfig(lease_s=10.0), clock=clock)
+    facts = {"cpu_cores": 16.0, "mem_gb": 64.0, "storage_gb": 500.0, "max_tasks": 1,
+             "capabilities": ["docker", "ffmpeg"], "gpus": [{"index": 0, "name": "A100", "mem_gb": 40.0}]}
+    for name in ("gpu-worker-1", "gpu-worker-2"):
+        master.register({"name": name, **facts}, [])
+
+    def run(line: str) -> Result:
+        return dispatch(Context(master), split_line(line))
+
+    run(f"task {LONG_IMAGE} -cpu_cores 8 -mem 32 -gpu 1 --owner alice --queue live --priority high")
+    run("task ghcr.io/acme/encoder:1.4 -cpu 12 -mem 8 -storage 50 --owner ann")
+    run("task --exec 'python train.py --epochs 100 --lr 0.001 --data /mnt/datasets/imagenet' -cpu 4")
+    run("task --scenario 1080p60-h265 -cpu 8 --owner bob --queue batch --priority low")
+    run("task worker-9 --scenario 720p30-h264 --owner dave")
+    run("task --noop -cpu 64 -mem 512 -gpu 4 --owner carol --queue batch")
+    clock.now += 64
+    master.heartbeat("gpu-worker-1", {})
+    clock.now += 10
+    master.tick()  # gpu-worker-2 missed its lease: its task retries, with the reason why
+    return run("queue")
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_queue_is_a_table_of_every_column_at_80_and_200_columns(width: int) -> None:
+    result = _real_queue()
+    assert result.headers == QUEUE_HEADERS
+    text = render(result, width=width)
+    print(f"\n{text}")
+    lines = text.splitlines()
+    assert "RECORD" not in text and max(map(len, lines)) <= width
+    assert lines[1].split() == QUEUE_HEADERS  # every header, whole, on one line
+    assert set(lines[2]) == {"-", " "}
+    rows = lines[3:-1]
+    assert [row.split()[0] for row in rows] == [view["id"] for view in result.data]  # one line each
+    states = {row.split()[0]: row for row in rows}
+    assert all(view["state"] in states[view["id"]] for view in result.data)
+    never = next(v["id"] for v in result.data if v["never_fits"])
+    assert "Never" in states[never]
+    if width == 200:
+        gpu = next(v["id"] for v in result.data if v["resources"]["gpus"] == 4)
+        assert "64c 512G 4g" in states[gpu] and "batch/med" in states[gpu]
+        assert "12c 8G d50G" in text and "live/hi" in text and "1m14s" in text
+        assert any(row.endswith("…") for row in rows)  # a long reason is cut, not the layout
+
+
+def test_free_text_is_cut_before_names_and_names_in_the_middle() -> None:
+    result = Result(headers=["id", "image", "state", "reason"],
+                    rows=[["t1", LONG_IMAGE, "queued", "x" * 100 + " the end"]])
+    text = render(result, width=150)
+    row = text.splitlines()[-1]
+    assert LONG_IMAGE in row and row.endswith("…") and max(map(len, text.splitlines())) <= 150
+    narrow = render(result, width=60).splitlines()[-1]
+    print(f"\n{narrow}")
+    image = narrow.split()[1]
+    assert "…" in image and image.startswith("regi") and image.endswith("cuda12")  # middle cut
+    assert len(narrow) <= 60
+
+
+def test_the_json_of_a_queue_is_the_task_views_not_the_cells() -> None:
+    result = _real_queue()
+    data = json.loads(render_json(result))
+    assert [v["id"] for v in data] == [row[0] for row in result.rows]
+    views = {v["id"]: v for v in data}
+    assert views["t1"]["resources"]["gpus"] == 1 and views["t1"]["spec"]["image"] == LONG_IMAGE
+    assert (views["t1"]["queue"], views["t1"]["priority"]) == ("live", "high")
+    assert {"in_queue_s", "placement_attempts", "never_fits", "reason"} <= set(views["t6"])
+
+
+def test_wide_characters_take_two_columns_and_stay_aligned() -> None:
+    result = Result(headers=["id", "name", "state"],
+                    rows=[["t1", "漢字の名前" * 6, "queued"], ["t2", "🙂 plain", "running"]])
+    for width in (200, 30):
+        lines = render(result, width=width).splitlines()
+        print("\n" + "\n".join(lines))
+        assert max(text_width(line) for line in lines) <= width
+        # the state column starts at the same terminal column on every row
+        starts = {text_width(line[:line.rindex(" ") + 1]) for line in lines[2:]}
+        assert len(starts) == 1, lines
