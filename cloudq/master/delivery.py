@@ -184,7 +184,8 @@ class Delivery(MasterState):
         task.last_error = error
         if report.worker_fault:  # the task's own failures say nothing about the worker
             self._worker_failed(record, error)
-        self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}")
+        cause = "worker_fault" if report.worker_fault else str(outcome)  # failed, timed_out, cancelled
+        self._retry_or_bury(task, now, f"{outcome} on {record.name}: {error}", cause)
 
     def _worker_failed(self, record: WorkerRecord, error: str) -> None:
         """A failure of the worker itself; enough of them in a row quarantine it."""
@@ -266,7 +267,7 @@ class Delivery(MasterState):
         task.unstarted += 1
         if record is not None:
             self._worker_failed(record, why)
-        self._retry_or_bury(task, now, why)
+        self._retry_or_bury(task, now, why, "not_started")
 
     def _expire_queued(self, task: Task, now: float) -> None:
         task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
@@ -275,7 +276,7 @@ class Delivery(MasterState):
     def _time_out(self, task: Task, now: float) -> None:
         self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
         task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
-        self._retry_or_bury(task, now, task.last_error)
+        self._retry_or_bury(task, now, task.last_error, "timed_out")
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
         record.connected = False
