@@ -149,5 +149,9 @@ class LockTable:
                 if not holders:
                     del self._holders[lock.name]
 
+    def holder_counts(self) -> dict[str, int]:
+        """How many tasks hold each lock that is held."""
+        return {name: len(holders) for name, holders in self._holders.items()}
+
     def snapshot(self) -> dict[str, list[str]]:
         return {name: sorted(holders) for name, holders in sorted(self._holders.items())}

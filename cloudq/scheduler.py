@@ -126,6 +126,14 @@ class Backlog:
         """Every lock some queued task asks for."""
         return {spec.name for shape in self._groups for spec in shape.key[3]}
 
+    def lock_waiters(self) -> dict[str, int]:
+        """How many queued tasks ask for each lock: O(shapes), not O(queued tasks)."""
+        out: dict[str, int] = {}
+        for shape, group in self._groups.items():
+            for spec in shape.key[3]:
+                out[spec.name] = out.get(spec.name, 0) + len(group)
+        return out
+
     def shape_of(self, task_id: str) -> Shape | None:
         return self._shape_of.get(task_id)
 

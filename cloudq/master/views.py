@@ -11,7 +11,7 @@ from typing import Any
 from cloudq.errors import NotFoundError
 from cloudq.master.state import MasterState
 from cloudq.master.workers import WorkerRecord, WorkerStatus
-from cloudq.model import Task, TaskState, new_task
+from cloudq.model import Priority, Task, TaskState, new_task
 from cloudq.scheduler import explain, misfit, never_fits, summarise
 from cloudq.transitions import Event
 
@@ -234,7 +234,7 @@ class Views(MasterState):
             out = record.to_dict()
             out["running_tasks"] = [self._running_row(self.tasks[i]) for i in sorted(record.ledger.bookings)
                                     if i in self.tasks]
-            out["gpu_devices"] = _gpu_devices(record)
+            out["gpu_devices"] = gpu_devices(record)
             out["flags"] = [flag for flag, on in (("quarantined", record.quarantined),
                                                   ("draining", record.draining)) if on]
             out["registered_at"] = record.registered_at or None
@@ -276,6 +276,40 @@ class Views(MasterState):
             now = self.clock()
             return {str(q): round(max(now - first, 0.0), 3) for q, waiting in self._waiting.items()
                     for first in itertools.islice(waiting.values(), 1)}
+
+    def figures(self, also: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """What the metrics endpoint reads at each scrape, in one hold of the lock: the counts
+        every move keeps up to date, one row per worker, and the locks. O(workers + shapes +
+        locks), never O(tasks). `also` is read in the same hold, as "also" (the counters the
+        hooks keep, which change under this lock too)."""
+        with self._lock:
+            now = self.clock()
+            statuses = dict.fromkeys((status.value for status in WorkerStatus), 0)
+            rows = []
+            for record in self.workers.values():
+                statuses[record.status.value] += 1
+                ledger = record.ledger
+                rows.append({
+                    "name": record.name, "cpu_cores": ledger.cpu_cores, "cpu_free": ledger.free_cpu,
+                    "mem_gb": ledger.mem_gb, "mem_free_gb": ledger.free_mem,
+                    "storage_gb": ledger.storage_gb, "storage_free_gb": ledger.free_storage,
+                    "tasks": len(ledger.bookings), "max_tasks": ledger.max_tasks,
+                    "heartbeat_age_s": max(now - record.last_seen, 0.0) if record.last_seen else None,
+                    "gpus": gpu_devices(record),
+                })
+            return {
+                "uptime_s": now - self.started_at,
+                "tasks": {state.value: self._counts[state] for state in S},
+                "queued": len(self.backlog),
+                "queued_by_class": {str(q): len(waiting) for q, waiting in self._waiting.items()},
+                "queued_by_priority": {str(p): self._queued_by_priority[p] for p in Priority},
+                "oldest_wait_s": self.oldest_waits(),
+                "workers": statuses,
+                "worker_rows": rows,
+                "lock_holders": self.locks.holder_counts(),
+                "lock_waiters": self.backlog.lock_waiters(),
+                "also": also() if also is not None else None,
+            }
 
     def _oldest_wait(self) -> float | None:
         return max(self.oldest_waits().values(), default=None)
@@ -343,7 +377,7 @@ def _filter(worker: str | None, queue: str | None, owner: str | None,
     return keep
 
 
-def _gpu_devices(record: WorkerRecord) -> list[dict[str, Any]]:
+def gpu_devices(record: WorkerRecord) -> list[dict[str, Any]]:
     """Each GPU's one-time facts (name, memory) joined with its live sample, by index."""
     facts = record.facts.get("gpus") or []
     samples = {g.get("index"): g for g in record.sample.get("gpus") or [] if isinstance(g, dict)}
