@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from cloudq.errors import StoreError
@@ -26,7 +27,12 @@ def encode_task(task: Task) -> Encoded:
     return Encoded(task.id, task.request_json[:-1] + "," + dumps(task.state_dict())[1:])
 
 
+CommitHook = Callable[[float, int], None]  # (seconds one group commit took, changes it wrote)
+
+
 class Journal(Protocol):
+    on_commit: list[CommitHook]  # called after each group commit; metrics hang here
+
     def enqueue(self, changes: list[tuple]) -> int:
         """Queues changes in order; returns a ticket that wait() accepts."""
 
@@ -51,6 +57,7 @@ class NullJournal:
 
     def __init__(self) -> None:
         self.changes = 0
+        self.on_commit: list[CommitHook] = []  # nothing is committed: never called
 
     def enqueue(self, changes: list[tuple]) -> int:
         self.changes += len(changes)
@@ -99,6 +106,7 @@ class StoreJournal:
         self._lost: list[tuple[int, int]] = []  # (after, upto]: tickets a failed write took down
         self.writes = 0
         self.failures = 0
+        self.on_commit: list[CommitHook] = []
 
     def enqueue(self, changes: list[tuple]) -> int:
         with self._cv:
@@ -141,9 +149,12 @@ class StoreJournal:
                 self._buffer, self._writing = [], True
                 self._cv.release()
                 failure: BaseException | None = None
+                took = None
                 try:
                     if batch:
+                        started = time.perf_counter()
                         self.store.append(batch)
+                        took = time.perf_counter() - started
                         self.writes += 1
                 except BaseException as err:  # noqa: BLE001 - every waiter must learn of it
                     failure = err
@@ -155,6 +166,17 @@ class StoreJournal:
                     self._failed(failure, upto)
                     continue
                 self._durable = upto
+                if took is not None:
+                    self._committed(took, len(batch))
+
+    def _committed(self, seconds: float, changes: int) -> None:
+        """Tells the on_commit hooks (under the journal's lock: one at a time). A hook that
+        fails is logged: the commit itself is durable and stays so."""
+        for hook in self.on_commit:
+            try:
+                hook(seconds, changes)
+            except Exception:  # noqa: BLE001 - metrics must never fail a commit
+                log.exception("a commit hook failed")
 
     def _was_lost(self, ticket: int) -> bool:
         return any(after < ticket <= upto for after, upto in self._lost)
