@@ -51,6 +51,10 @@ class FrameTooLarge(EOFError):
     the frame is unread), so it is an EOFError to rpyc; callers can still tell the cause."""
 
 
+class InflateBudgetSpent(FrameTooLarge):
+    """A compressed frame found no room in the process's inflate budget in time."""
+
+
 class Budget:
     """Bytes that may be held at once, shared by every connection. A frame takes room as it
     inflates and gives it back once it has been handled, so many peers each sending a small
@@ -109,7 +113,7 @@ class BoundedChannel(Channel):
             step = min(_INFLATE_CHUNK, self.max_frame + 1 - size)
             if self.budget is not None:
                 if not self.budget.take(step, INFLATE_WAIT_S):
-                    raise FrameTooLarge("too many large frames are being inflated at once; refused")
+                    raise InflateBudgetSpent("too many large frames are being inflated at once; refused")
                 self._held += step
             part = inflater.decompress(pending, step)
             parts.append(part)

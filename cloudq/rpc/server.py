@@ -10,6 +10,7 @@
 - Frames are bounded (protocol.BoundedChannel), smaller for workers' certificates, and what
   they inflate to is drawn from one budget for the whole process.
 - The listener survives accept() errors (a descriptor flood): it logs, pauses and goes on.
+- Every refusal is counted by reason (Rejections), for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from cloudq.rpc.protocol import (
     PEER_MAX_FRAME_BYTES,
     PROTOCOL_CONFIG,
     BoundedChannel,
+    FrameTooLarge,
+    InflateBudgetSpent,
     failure,
 )
 
@@ -69,6 +72,34 @@ class Identity:
         return self.trusted or self.name == worker
 
 
+# Why a connection or a frame was refused, as Rejections counts it.
+REJECTION_REASONS = (
+    "connection_limit",  # over the total of connections (ConnectionSlots)
+    "peer_limit",  # one certificate over its own cap
+    "overflow",  # sockets beyond twice the total, closed before any handshake
+    "tls_handshake",  # the TLS handshake failed or timed out
+    "certificate",  # a certificate whose name may not connect as a client
+    "frame_too_large",  # a frame, or what it inflates to, over the limit
+    "inflate_budget",  # no room in the process's inflate budget in time
+)
+
+
+class Rejections:
+    """Refusals by reason: counts that only grow, read by the metrics endpoint."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter(dict.fromkeys(REJECTION_REASONS, 0))
+        self._lock = threading.Lock()
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class ConnectionSlots:
     """Who holds how many connections, and whether one more may stay.
 
@@ -80,6 +111,7 @@ class ConnectionSlots:
                  admin_reserve: int = defaults.ADMIN_RESERVED_CONNECTIONS) -> None:
         self.total, self.per_peer, self.admin_reserve = total, per_peer, admin_reserve
         self.held: Counter[str | None] = Counter()
+        self.rejections = Rejections()
         self._lock = threading.Lock()
 
     def take(self, identity: Identity) -> str | None:
@@ -88,11 +120,13 @@ class ConnectionSlots:
             count = sum(self.held.values())
             limit = self.total if identity.is_admin else self.total - self.admin_reserve
             if count >= limit:
+                self.rejections.add("connection_limit")
                 return (f"connection limit reached: the master holds {count} connections "
                         f"(limit {limit}{'' if identity.is_admin else ' for non-operators'})")
             if identity.name is not None and not identity.is_admin and (
                 self.held[identity.name] >= self.per_peer
             ):
+                self.rejections.add("peer_limit")
                 return (f"connection limit reached: {identity.name!r} already holds "
                         f"{self.held[identity.name]} connections (limit {self.per_peer})")
             self.held[identity.name] += 1
@@ -116,8 +150,9 @@ class Refusal(rpyc.Service):
 
 
 class Authenticator:
-    def __init__(self, context: ssl.SSLContext | None) -> None:
+    def __init__(self, context: ssl.SSLContext | None, rejections: Rejections | None = None) -> None:
         self.context = context
+        self.rejections = rejections or Rejections()
 
     def __call__(self, sock: socket.socket) -> tuple[Any, Identity]:
         sock.settimeout(defaults.HANDSHAKE_TIMEOUT_S)
@@ -126,10 +161,12 @@ class Authenticator:
         try:
             wrapped = self.context.wrap_socket(sock, server_side=True)
         except (ssl.SSLError, OSError) as err:
+            self.rejections.add("tls_handshake")
             raise AuthenticationError(f"TLS handshake failed: {err}") from None
         name = tls.peer_name(wrapped.getpeercert())
         if not name or name == tls.MASTER_NAME:
             wrapped.close()
+            self.rejections.add("certificate")
             raise AuthenticationError(f"certificate name {name!r} may not connect as a client")
         return wrapped, Identity(name)
 
@@ -139,6 +176,7 @@ class BoundedServer(ThreadedServer):
                  idle_timeout_s: float = defaults.IDLE_TIMEOUT_S, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.slots = slots or ConnectionSlots()
+        self.rejections = self.slots.rejections  # the server counts its own refusals there too
         self.idle_timeout_s = idle_timeout_s
         self.accept_errors = 0  # figures for status and tests
         self._last_accept_warning = 0.0
@@ -167,6 +205,7 @@ class BoundedServer(ThreadedServer):
             self._accept_failed(err)
             return
         if len(self.clients) >= 2 * self.slots.total:  # slots are counted after the handshake
+            self.rejections.add("overflow")
             sock.close()
             return
         sock.setblocking(True)
@@ -230,6 +269,10 @@ class BoundedServer(ThreadedServer):
                     channel.release()
                 if not served or (deadline is not None and time.monotonic() > deadline):
                     break
+        except InflateBudgetSpent:
+            self.rejections.add("inflate_budget")
+        except FrameTooLarge:
+            self.rejections.add("frame_too_large")
         except (EOFError, OSError):
             pass
         finally:
@@ -260,8 +303,9 @@ def start_server(
             f"`cloudq certs init DIR`) or say --insecure"
         )
     context = tls.server_context(tls_dir) if tls_dir else None
+    slots = slots or ConnectionSlots()
     server = BoundedServer(
-        service, hostname=host, port=port, authenticator=Authenticator(context),
+        service, hostname=host, port=port, authenticator=Authenticator(context, slots.rejections),
         protocol_config=dict(PROTOCOL_CONFIG), listener_timeout=0.5, logger=log, slots=slots,
         idle_timeout_s=idle_timeout_s,
     )
