@@ -70,7 +70,8 @@ class MasterProcess:
         if options.metrics_port:
             from cloudq.metrics import serve_metrics
 
-            self.metrics = serve_metrics(self.master, options.bind, options.metrics_port)
+            self.metrics = serve_metrics(self.master, options.bind, options.metrics_port,
+                                         rejections=self.server.rejections)
         self.workers = [self._start_worker(i) for i in range(1, options.local_workers + 1)]
         print(f"cloudq master listening on {self.address} ({len(self.master.tasks)} tasks loaded"
               f" from {options.data_dir})", file=sys.stderr, flush=True)

@@ -1,0 +1,301 @@
+"""The master's Prometheus metrics, scraped from an in-process master with a fake clock: what
+each family says after a known history, that counters never go down when finished tasks are
+forgotten, and that promtool finds the exposition clean."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cloudq.master.core import Master, MasterConfig
+from cloudq.metrics import GIB, master_registry
+from cloudq.model import TaskState
+from cloudq.rpc.server import ConnectionSlots, Identity
+
+S = TaskState
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_master(clock: Clock, **config: float) -> Master:
+    return Master(config=MasterConfig(lease_s=10.0, **config), clock=clock)
+
+
+def worker(master: Master, name: str, cores: float = 4.0, max_tasks: int = 4, **extra: object) -> int:
+    facts = {"name": name, "cpu_cores": cores, "mem_gb": 16.0, "storage_gb": 100.0,
+             "max_tasks": max_tasks, **extra}
+    return master.register(facts, [])["session"]
+
+
+def noop(**fields: object) -> dict:
+    return {"kind": "noop", **fields}
+
+
+def report(master: Master, name: str, session: int, task, state: str, **result: object) -> None:
+    item = {"task": task.id, "attempt": task.attempt, "state": state}
+    if result:
+        item["result"] = result
+    assert master.report(name, session, [item]) == []
+
+
+def text_of(registry) -> str:
+    return generate_latest(registry).decode()
+
+
+def scrape(registry) -> Samples:
+    out = {}
+    for family in text_string_to_metric_families(text_of(registry)):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def series(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """{label value: sample} of one family keyed by one label (the others left out)."""
+    return {dict(key)[label]: v for (n, key), v in samples.items() if n == name}
+
+
+def test_gauges_counters_and_histograms_after_a_known_history(clock: Clock) -> None:
+    master = make_master(clock)
+    registry, _ = master_registry(master)
+    gpu = [{"index": 0, "name": "L4", "mem_gb": 24.0}]
+    s1 = worker(master, "w1", cores=4.0, max_tasks=2, gpus=gpu)
+    s2 = worker(master, "w2", cores=2.0, max_tasks=1)
+    master.heartbeat("w1", {"gpus": [{"index": 0, "util_percent": 40, "mem_used_gb": 6.0,
+                                      "temperature_c": 61, "power_w": 72.5}]})
+
+    # Two run on w1 (one holds the lock "enc"), one on w2.
+    a, b = master.submit([noop(target_worker="w1", locks=["enc"]), noop(target_worker="w1")])
+    (c,) = master.submit([noop(target_worker="w2", resources={"cpu_cores": 1.5})])
+    assert (a.state, b.state, c.state) == (S.ASSIGNED,) * 3
+    clock.now += 2  # they waited 2 s in the queue
+    for name, session, task in (("w1", s1, a), ("w1", s1, b), ("w2", s2, c)):
+        report(master, name, session, task, "running")
+
+    # Queued: both workers are at their task limit.
+    waiting = master.submit([noop(queue="live", priority="high"), noop(queue="live", priority="high"),
+                             noop(queue="batch", priority="low"), noop(locks=["enc"]),
+                             noop(priority="low")])
+    assert all(t.state is S.QUEUED for t in waiting)
+    clock.now += 5
+
+    samples = scrape(registry)
+    assert value(samples, "cloudq_queue_length") == 5
+    assert series(samples, "cloudq_queue_by_class", "queue") == {"live": 2, "default": 2, "batch": 1}
+    assert series(samples, "cloudq_queue_by_priority", "priority") == {"high": 2, "medium": 1, "low": 2}
+    assert series(samples, "cloudq_oldest_queued_seconds", "queue") == {"live": 5, "default": 5, "batch": 5}
+    assert value(samples, "cloudq_tasks", state="running") == 3
+    assert value(samples, "cloudq_tasks", state="queued") == 5
+    assert value(samples, "cloudq_workers", status="busy") == 2
+    assert value(samples, "cloudq_workers", status="available") == 0
+    assert value(samples, "cloudq_uptime_seconds") == 7
+    assert value(samples, "cloudq_worker_cpu_cores", worker="w1", kind="total") == 4
+    assert value(samples, "cloudq_worker_cpu_cores", worker="w1", kind="free") == 2
+    assert value(samples, "cloudq_worker_cpu_cores", worker="w2", kind="free") == 0.5
+    assert value(samples, "cloudq_worker_mem_bytes", worker="w2", kind="total") == 16 * GIB
+    assert value(samples, "cloudq_worker_disk_bytes", worker="w2", kind="free") == 100 * GIB
+    assert value(samples, "cloudq_worker_running_tasks", worker="w1") == 2
+    assert value(samples, "cloudq_worker_max_tasks", worker="w2") == 1
+    assert value(samples, "cloudq_worker_heartbeat_age_seconds", worker="w1") == 5
+    assert value(samples, "cloudq_gpu_memory_bytes", worker="w1", gpu="0", kind="total") == 24 * GIB
+    assert value(samples, "cloudq_gpu_memory_bytes", worker="w1", gpu="0", kind="used") == 6 * GIB
+    assert value(samples, "cloudq_gpu_utilization_ratio", worker="w1", gpu="0") == 0.4
+    assert value(samples, "cloudq_gpu_temperature_celsius", worker="w1", gpu="0") == 61
+    assert value(samples, "cloudq_gpu_power_watts", worker="w1", gpu="0") == 72.5
+    assert not series(samples, "cloudq_gpu_power_watts", "worker").get("w2")
+    assert value(samples, "cloudq_lock_holders", lock="enc") == 1
+    assert value(samples, "cloudq_lock_waiters", lock="enc") == 1
+    assert value(samples, "cloudq_tasks_submitted_total", kind="noop", queue="default") == 5
+    assert value(samples, "cloudq_tasks_submitted_total", kind="noop", queue="live") == 2
+    assert value(samples, "cloudq_tasks_submitted_total", kind="exec", queue="live") == 0
+    # Queued to started: 3 tasks, 2 s each, all in the default class.
+    assert value(samples, "cloudq_task_wait_seconds_count", queue="default") == 3
+    assert value(samples, "cloudq_task_wait_seconds_sum", queue="default") == 6
+    assert value(samples, "cloudq_task_wait_seconds_bucket", queue="default", le="1.0") == 0
+    assert value(samples, "cloudq_task_wait_seconds_bucket", queue="default", le="5.0") == 3
+    assert value(samples, "cloudq_task_wait_seconds_count", queue="live") == 0
+
+    # Outcomes: a completes after 5 s of running; b fails and is retried; c fails for good;
+    # a queued task is cancelled; another waits past its TTL.
+    report(master, "w1", s1, a, "completed")
+    report(master, "w1", s1, b, "failed", error="boom")
+    assert b.state is S.RETRYING
+    c.max_retries = 0
+    report(master, "w2", s2, c, "failed", error="worker broke", fault="worker")
+    assert c.state is S.DEAD
+    (blocked,) = master.submit([noop(resources={"cpu_cores": 64}, ttl_s=3)])
+    (doomed,) = master.submit([noop(resources={"cpu_cores": 64})])
+    master.cancel(doomed.id)
+    clock.now += 4
+    master.tick()
+    assert blocked.state is S.FAILED
+
+    samples = scrape(registry)
+    assert only_outcomes(samples) == {"completed": 1, "failed": 0, "cancelled": 1, "dead": 1, "expired": 1}
+    assert value(samples, "cloudq_tasks_finished_total", kind="noop", outcome="dead") == 1
+    assert value(samples, "cloudq_task_retries_total", reason="failed") == 1
+    assert value(samples, "cloudq_task_retries_total", reason="worker_fault") == 0
+    assert value(samples, "cloudq_task_run_seconds_count", kind="noop") == 3
+    assert value(samples, "cloudq_task_run_seconds_sum", kind="noop") == 15  # 5 s each
+    assert value(samples, "cloudq_placement_attempts_total") >= 5
+    assert value(samples, "cloudq_placement_attempts_total") == value(samples, "cloudq_placement_pass_seconds_count")
+    assert value(samples, "cloudq_store_commit_seconds_count") == 0  # nothing is stored
+    assert value(samples, "cloudq_rpc_rejected_total", reason="connection_limit") == 0
+
+
+def only_outcomes(samples: Samples) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (name, labels), v in samples.items():
+        if name == "cloudq_tasks_finished_total":
+            outcome = dict(labels)["outcome"]
+            out[outcome] = out.get(outcome, 0) + v
+    return out
+
+
+def test_retry_causes_are_counted_by_what_happened(clock: Clock) -> None:
+    master = make_master(clock, start_deadline_s=30.0)
+    registry, _ = master_registry(master)
+    s = worker(master, "w", max_tasks=4)
+    slow_retry = {"retry_backoff_s": 1000}  # retried tasks stay retrying while this runs
+    lost, unstarted, slow, faulty = master.submit(
+        [noop(**slow_retry), noop(**slow_retry), noop(timeout_s=1, **slow_retry), noop(**slow_retry)])
+    for task in (lost, slow, faulty):
+        report(master, "w", s, task, "running")
+    report(master, "w", s, faulty, "failed", error="disk gone", fault="worker")
+    clock.now += 7  # past slow's timeout and the grace
+    master.heartbeat("w", {})
+    master.timers()
+    assert slow.state is S.RETRYING
+    clock.now += 24  # unstarted is past the start deadline
+    master.heartbeat("w", {})
+    master.timers()
+    assert unstarted.state is S.RETRYING
+    clock.now += 11  # w has been silent past its lease: lost is lost
+    master.timers()
+    assert lost.state is S.RETRYING and faulty.state is S.RETRYING
+    samples = scrape(registry)
+    assert series(samples, "cloudq_task_retries_total", "reason") == {
+        "failed": 0, "timed_out": 1, "cancelled": 0, "worker_fault": 1, "worker_lost": 1, "not_started": 1}
+
+
+def test_counters_do_not_go_down_when_finished_tasks_are_forgotten(clock: Clock) -> None:
+    master = make_master(clock, keep_finished_s=60.0)
+    registry, _ = master_registry(master)
+    s = worker(master, "w")
+    for task in master.submit([noop(), noop(), noop()]):
+        report(master, "w", s, task, "completed")
+    before = scrape(registry)
+    assert value(before, "cloudq_tasks", state="completed") == 3
+    assert only_outcomes(before)["completed"] == 3
+
+    clock.now += 61
+    master.heartbeat("w", {})
+    master.tick()  # forgets them
+    assert not master.tasks
+    after = scrape(registry)
+    assert value(after, "cloudq_tasks", state="completed") == 0  # a gauge: what is held now
+    for (name, labels), v in before.items():
+        if name.endswith(("_total", "_count", "_bucket", "_sum")):
+            assert after[(name, labels)] >= v, f"{name}{dict(labels)} went down"
+    assert only_outcomes(after)["completed"] == 3
+    assert value(after, "cloudq_tasks_submitted_total", kind="noop", queue="default") == 3
+
+
+def test_queue_by_priority_follows_priority_changes_holds_and_cancels(clock: Clock) -> None:
+    master = make_master(clock)
+    registry, _ = master_registry(master)
+    tasks = master.submit([noop(priority=p) for p in ("high", "medium", "low", "low", "medium")])
+    master.set_priority(tasks[2].id, "high", queue="live")
+    master.hold(tasks[1].id)
+    master.cancel(tasks[3].id)
+    master.set_priority(tasks[1].id, "low")  # held: not counted as queued either way
+    master.release_task(tasks[1].id)
+    s = worker(master, "w", max_tasks=1)  # takes the first in serve order
+    assert s and sum(t.state is S.ASSIGNED for t in tasks) == 1
+
+    samples = scrape(registry)
+    queued = [t for t in tasks if t.state is S.QUEUED]
+    for priority in ("high", "medium", "low"):
+        assert value(samples, "cloudq_queue_by_priority", priority=priority) == sum(
+            t.priority == priority for t in queued)
+    for queue in ("live", "default", "batch"):
+        assert value(samples, "cloudq_queue_by_class", queue=queue) == sum(t.queue == queue for t in queued)
+    assert value(samples, "cloudq_queue_length") == len(queued) == 3
+
+
+def test_store_commits_are_timed(clock: Clock, tmp_path) -> None:
+    from cloudq.master.journal import StoreJournal
+    from cloudq.store import Store
+
+    store = Store(tmp_path)
+    store.load()
+    try:
+        master = Master(StoreJournal(store), MasterConfig(), clock=clock)
+        registry, _ = master_registry(master)
+        master.submit([noop()])
+        master.submit([noop(), noop()])
+        samples = scrape(registry)
+        assert value(samples, "cloudq_store_commit_seconds_count") == 2
+        assert value(samples, "cloudq_store_commit_seconds_sum") > 0
+    finally:
+        store.close()
+
+
+def test_rpc_refusals_are_counted_by_reason() -> None:
+    master = Master()
+    slots = ConnectionSlots(total=10, per_peer=1, admin_reserve=0)
+    registry, _ = master_registry(master, slots.rejections)
+    worker_id = Identity("w1")
+    assert slots.take(worker_id) is None
+    assert "already holds" in (slots.take(worker_id) or "")
+    slots.rejections.add("frame_too_large")
+    samples = scrape(registry)
+    assert series(samples, "cloudq_rpc_rejected_total", "reason") == {
+        "connection_limit": 0, "peer_limit": 1, "overflow": 0, "tls_handshake": 0, "certificate": 0,
+        "frame_too_large": 1, "inflate_budget": 0}
+
+
+def test_a_failing_hook_never_breaks_a_move(clock: Clock) -> None:
+    master = make_master(clock)
+    _, metrics = master_registry(master)
+    metrics.submitted = None  # type: ignore[assignment]  # counting a submission now raises
+    (task,) = master.submit([noop()])
+    assert task.state is S.QUEUED
+
+
+def test_promtool_finds_the_exposition_clean(clock: Clock) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (Debian package prometheus); this test needs it"
+    master = make_master(clock)
+    registry, _ = master_registry(master)
+    s = worker(master, "w1", gpus=[{"index": 0, "mem_gb": 24.0}])
+    master.heartbeat("w1", {"gpus": [{"index": 0, "util_percent": 10, "mem_used_gb": 1.0,
+                                      "temperature_c": 50, "power_w": 30.0}]})
+    (task,) = master.submit([noop(locks=["enc"])])
+    report(master, "w1", s, task, "completed")
+    master.submit([noop(resources={"cpu_cores": 64}, locks=["enc"])])
+    text = text_of(registry)
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
+        f"promtool check metrics: {done.stdout}{done.stderr}")
