@@ -5,7 +5,8 @@ set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v dockerd >/dev/null || need+=(docker.io)
-command -v prometheus >/dev/null || need+=(prometheus)
+# prometheus brings promtool, which checks the metrics endpoint's output
+{ command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 command -v tmux >/dev/null || need+=(tmux)
 command -v less >/dev/null || need+=(less)  # the shell's pager, driven by the tmux tests
 command -v prlimit >/dev/null || need+=(util-linux)  # descriptor-limit attack tests
