@@ -17,6 +17,7 @@ from cloudq.model import QueueClass, TaskState
 SUBMIT_COLUMNS = ["id", "name", "state", "worker"]
 ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")
 MAX_LIMIT = 10_000_000  # rows one `queue` may ask for: more tasks than a master holds
+MAX_NAMED = 3  # ids a batch's warning names (the tasks no worker can ever run)
 
 
 def _task_arguments(parser: CommandParser) -> None:
@@ -46,9 +47,26 @@ def submit_reply(view: dict[str, Any]) -> str:
     reason = view.get("reason") or "Waiting for the next placement pass"
     line = f"Task {task_id} queued: {reason.rstrip('.')}. {_waits_for(view, reason)}"
     if view.get("never_fits"):
-        line += (f"\nWarning: no registered worker can ever run it as asked: {view['never_fits']}. "
-                 f"Cancel it and ask for less, or add a worker that big.")
+        line += "\n" + never_fits_warning([view], 1)
     return line
+
+
+def never_fits_warning(misfits: list[dict[str, Any]], submitted: int) -> str:
+    """The warning about tasks just submitted that no registered worker can ever run (views
+    with `never_fits`, in order): how many, the first few ids, and why the first cannot run."""
+    first = misfits[0]
+    if submitted == 1:
+        return (f"Warning: no registered worker can ever run it as asked: {first['never_fits']}. "
+                f"Cancel it and ask for less, or add a worker that big.")
+    if len(misfits) == 1:
+        return (f"Warning: no registered worker can ever run {first['id']} as asked: "
+                f"{first['never_fits']}. Cancel it and ask for less, or add a worker that big.")
+    ids = ", ".join(view["id"] for view in misfits[:MAX_NAMED])
+    ids += ", ..." if len(misfits) > MAX_NAMED else ""
+    which = (f"all {submitted} tasks" if len(misfits) == submitted
+             else f"{len(misfits)} of the {submitted} tasks")
+    return (f"Warning: no registered worker can ever run {which} as asked ({ids}); {first['id']}: "
+            f"{first['never_fits']}. Cancel them and ask for less, or add a worker that big.")
 
 
 def _waits_for(view: dict[str, Any], reason: str) -> str:
@@ -96,8 +114,28 @@ def submit_command(ctx: Context, args: argparse.Namespace) -> Result:
     ctx.note(f"submitting {len(requests)} tasks from {args.file}")
     tasks = ctx.master.submit(requests)
     ids = tasks[0].id if len(tasks) == 1 else f"{tasks[0].id} to {tasks[-1].id}"
-    return task_listing(ctx, [t.id for t in tasks], SUBMIT_COLUMNS, f"Submitted {len(tasks)} tasks",
-                        f"ids {ids}")
+    result = task_listing(ctx, [t.id for t in tasks], SUBMIT_COLUMNS, f"Submitted {len(tasks)} tasks",
+                          f"ids {ids}")
+    misfits = _never_fitting(ctx, tasks, result.data)
+    if misfits:
+        result.status += "\n" + never_fits_warning(misfits, len(tasks))
+    return result
+
+
+def _never_fitting(ctx: Context, tasks: list[Any], views: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Views of the tasks just submitted that no registered worker can ever run, in order. The
+    listing's views are used where it has them (all of them in the shell, the first page over
+    RPC); only a task still queued can be one."""
+    known = {view["id"]: view for view in views}
+    misfits = []
+    for task in tasks:
+        view = known.get(task.id)
+        if view is None and task.state is TaskState.QUEUED:
+            view = ctx.master.view(task)
+        if view is not None and view.get("never_fits"):
+            misfits.append(view)
+    return misfits
 
 
 def _id_argument(parser: CommandParser) -> None:

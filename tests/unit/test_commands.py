@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cloudq.commands import Context, dispatch, split_line
@@ -293,3 +295,52 @@ def test_hold_and_priority_survive_a_master_restart(clock, tmp_path):
     run(second, "release t1")
     assert second.listing_ids("queued") == ["t3", "t1", "t2"]
     store.close()
+
+
+def _batch(tmp_path, *lines: str) -> str:
+    path = tmp_path / "batch.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def test_a_batch_warns_when_tasks_in_it_can_never_run(master, tmp_path):
+    worker(master, "w1", cores=4.0)
+    batch = _batch(tmp_path, "--noop", "--noop -cpu 64", "--noop -cpu 2", "--noop -cpu 64 -mem 512",
+                   "--noop -cpu 8", "--noop -gpu 2")
+    reply = run(master, f"submit {batch}")
+    first, warning = reply.status.split("\n")
+    assert first == "ids t1 to t6" and reply.title == "Submitted 6 tasks"
+    assert warning == ("Warning: no registered worker can ever run 4 of the 6 tasks as asked "
+                       "(t2, t4, t5, ...); t2: needs 64 cores; the largest worker has 4. "
+                       "Cancel them and ask for less, or add a worker that big.")
+    assert [v["id"] for v in reply.data if v["never_fits"]] == ["t2", "t4", "t5", "t6"]
+
+    reply = run(master, f"submit {_batch(tmp_path, '--noop -cpu 1', '--noop -mem 64')}")
+    assert reply.status.split("\n")[1] == (
+        "Warning: no registered worker can ever run t8 as asked: needs 64 GB memory; the largest "
+        "worker has 16 GB. Cancel it and ask for less, or add a worker that big.")
+    reply = run(master, f"submit {_batch(tmp_path, '--noop -cpu 9', '--noop -cpu 10')}")
+    assert reply.status.split("\n")[1].startswith(
+        "Warning: no registered worker can ever run all 2 tasks as asked (t9, t10); t9: needs 9 cores")
+    reply = run(master, f"submit {_batch(tmp_path, '--noop -cpu 64')}")  # one task: as `task` says it
+    assert reply.status.split("\n")[1].startswith("Warning: no registered worker can ever run it as asked: ")
+    assert run(master, f"submit {_batch(tmp_path, '--noop', '--noop -cpu 3')}").status == "ids t12 to t13"
+
+
+def test_a_batch_warning_counts_the_tasks_past_the_first_page(master, tmp_path, monkeypatch):
+    import cloudq.commands.pages as pages
+
+    monkeypatch.setattr(pages, "PAGE_BYTES", 1)  # one task a page, as a huge batch over RPC
+    monkeypatch.setattr(pages, "SNAPSHOTS", pages.Snapshots())  # its cursor is left unread
+    worker(master, "w1", cores=4.0)
+    path = _batch(tmp_path, "--noop", "--noop -cpu 64", "--noop -cpu 32")
+    reply = dispatch(Context(master, files={"b.txt": Path(path).read_text()}, local=False),
+                     ["submit", "b.txt"])
+    assert len(reply.data) == 1 and reply.next_argv is not None
+    assert reply.status.split("\n")[1].startswith(
+        "Warning: no registered worker can ever run 2 of the 3 tasks as asked (t2, t3); t2: needs 64 cores")
+
+
+def test_a_batch_with_no_worker_registered_has_no_warning(master, tmp_path):
+    reply = run(master, f"submit {_batch(tmp_path, '--noop -cpu 64', '--noop')}")
+    assert reply.status == "ids t1 to t2"  # no worker yet: each task's reason says so
