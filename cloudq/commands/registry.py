@@ -56,6 +56,11 @@ class Interrupted(CloudqError):
     """The operator interrupted the command (Ctrl-C in the shell) before it changed anything."""
 
 
+class InternalError(CloudqError):
+    """A command failed on a bug of its own (a KeyError, TypeError or ValueError inside it),
+    not on anything the operator got wrong; the message names the error."""
+
+
 @dataclass
 class Context:
     """What a command may touch: the master's core, and the files the caller sent along."""
@@ -188,7 +193,7 @@ def run(ctx: Context, cmd: Command, args: argparse.Namespace) -> Result:
     except CloudqError:
         raise
     except (KeyError, TypeError, ValueError) as err:  # a bug must not take the master down
-        raise CloudqError(f"{cmd.name} failed: {err!r}") from err
+        raise InternalError(f"{cmd.name} failed: {err!r}") from err
 
 
 def files_to_send(argv: list[str]) -> dict[str, str]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudq.commands import COMMANDS, Context, dispatch, split_line
+from cloudq.commands.registry import InternalError
 from cloudq.errors import CloudqError
 from cloudq.master.core import Master
 from cloudq.render import render_error
@@ -29,13 +31,17 @@ def snapshot(master: Master) -> tuple:
 
 
 def run_line(master: Master, line: str) -> bool:
-    """True when the line was accepted, False when it was refused (with a message, no change)."""
+    """True when the line was accepted, False when it was refused (with a message, no change).
+    A command that failed on a bug of its own (the registry wraps a KeyError, TypeError or
+    ValueError as `NAME failed: ...`) fails the test: that is no refusal."""
     before = snapshot(master)
     try:
         dispatch(Context(master), split_line(line))
     except SystemExit:
         assert line.split()[0] in ("quit", "exit")
         return True
+    except InternalError as err:
+        raise AssertionError(f"internal error on {line[:200]!r}: {err}") from err
     except CloudqError as err:
         assert str(err), line
         assert snapshot(master) == before, f"refused line changed state: {line!r}"
@@ -62,6 +68,7 @@ def test_thousand_random_lines_on_one_master():
             words = [rng.choice(list(COMMANDS))] + words
         outcomes.append(run_line(master, " ".join(words)))
     assert outcomes.count(False) > 500 and outcomes.count(True) > 10  # both paths exercised
+    assert len(outcomes) == 1000  # and no line failed inside a command (run_line would raise)
     assert all(t.state.value in ("queued", "cancelled") for t in master.tasks.values())
 
 
@@ -77,3 +84,14 @@ def test_numeric_options_out_of_range_are_refused_plainly():
             dispatch(Context(master), split_line(line))
         except CloudqError as err:
             assert message in str(err), (line, str(err))
+
+
+def test_an_internal_error_is_a_failure_not_a_refusal(monkeypatch):
+    """The check above would see a bug in a command: the registry's `NAME failed: KeyError(...)`
+    is not taken for a refusal."""
+    def broken(ctx, args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(COMMANDS["status"], "handler", broken)
+    with pytest.raises(AssertionError, match=r"internal error on 'status': status failed: KeyError\('oops'\)"):
+        run_line(Master(), "status")
