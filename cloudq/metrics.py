@@ -31,7 +31,6 @@ from cloudq.master.state import RETRY_CAUSES
 from cloudq.model import TASK_KINDS, QueueClass, TaskState
 from cloudq.rpc.server import REJECTION_REASONS
 from cloudq.transitions import Event
-from cloudq.web import serve_http
 
 log = logging.getLogger("cloudq.metrics")
 
@@ -321,7 +320,7 @@ def master_registry(master: Any, rejections: Rejected | None = None) -> tuple[Co
     return registry, metrics
 
 
-def serve_metrics(master: Any, host: str, port: int, rejections: Rejected | None = None) -> Any:
-    """Serves /metrics on host:port; `rejections` is the RPC server's count of refusals."""
+def metrics_app(master: Any, rejections: Rejected | None = None) -> Any:
+    """The WSGI application for /metrics; `rejections` is the RPC server's count of refusals."""
     registry, _ = master_registry(master, rejections)
-    return serve_http(make_wsgi_app(registry), host, port)
+    return make_wsgi_app(registry)

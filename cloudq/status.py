@@ -162,8 +162,7 @@ def _section(heading: str, result: Result) -> str:
 
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
-    word = text.split(" ", 1)[0]
-    css = f' class="s-{word}"' if word in _STATE_WORDS else ""
+    css = f' class="s-{text}"' if text in _STATE_WORDS else ""  # a state, not a move
     return f"<td{css}>{_e(text)}</td>"
 
 

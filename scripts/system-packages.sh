@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the test suite drives (ffmpeg, Docker engine, Prometheus, tmux, less,
-# busybox-static for the local container image) when run as root and any is missing.
+# busybox-static for the local container image, Chromium for the status page) when run as
+# root and any is missing.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
@@ -13,6 +14,8 @@ command -v prlimit >/dev/null || need+=(util-linux)  # descriptor-limit attack t
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
+command -v chromium >/dev/null || need+=(chromium)  # the status page, in a real browser
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "cloudq: missing system packages (${need[*]}); install them as root" >&2

@@ -16,6 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudq import defaults
 from cloudq.master.core import Master, MasterConfig
@@ -68,13 +69,23 @@ class MasterProcess:
         self.processor = Processor(self.master, options.config.processor_interval_s).start()
         self.metrics = None
         if options.metrics_port:
-            from cloudq.metrics import serve_metrics
-
-            self.metrics = serve_metrics(self.master, options.bind, options.metrics_port,
-                                         rejections=self.server.rejections)
+            self.metrics = self._serve_http(options)
         self.workers = [self._start_worker(i) for i in range(1, options.local_workers + 1)]
         print(f"cloudq master listening on {self.address} ({len(self.master.tasks)} tasks loaded"
               f" from {options.data_dir})", file=sys.stderr, flush=True)
+
+    def _serve_http(self, options: MasterOptions) -> Any:
+        """The HTTP port: /metrics for Prometheus, the status page and its JSON at / and
+        /api/...; HTTPS with the master's certificate when the master has TLS."""
+        from cloudq.metrics import metrics_app
+        from cloudq.rpc.tls import http_context
+        from cloudq.status import status_app
+        from cloudq.web import route, serve_http
+
+        app = route({"/metrics": metrics_app(self.master, self.server.rejections)},
+                    default=status_app(self.master))
+        context = http_context(options.tls_dir) if options.tls_dir else None
+        return serve_http(app, options.bind, options.metrics_port, ssl_context=context)
 
     def _start_worker(self, index: int) -> subprocess.Popen:
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind

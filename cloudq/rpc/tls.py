@@ -136,6 +136,16 @@ def server_context(directory: Path) -> ssl.SSLContext:
     return context
 
 
+def http_context(directory: Path) -> ssl.SSLContext:
+    """The master's HTTP port (metrics, status page): its own certificate; no client
+    certificate is asked for, as browsers and Prometheus have none."""
+    _, cert, key = _files(directory, "master")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def client_context(directory: Path, identity: str) -> ssl.SSLContext:
     """A worker's or operator's side: present `identity`'s certificate, verify the master's name."""
     ca, cert, key = _files(directory, identity)
