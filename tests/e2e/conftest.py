@@ -73,7 +73,9 @@ class TmuxShell:
         self.pane_pid = 0
         self.address = ""
 
-    def start(self, *extra: str) -> TmuxShell:
+    def start(self, *extra: str, width: int = 200, height: int = 50,
+              env: dict[str, str] | None = None) -> TmuxShell:
+        """Starts the master in a `width` x `height` pane, with `env` added to its environment."""
         conf = self.tmp / "tmux.conf"
         # remain-on-exit: when the master ends, the pane stays so its exit status can be read.
         conf.write_text("set -g remain-on-exit on\nset -g history-limit 50000\n")
@@ -83,8 +85,10 @@ class TmuxShell:
             # Task directories under this test's tmp dir, which also names the worker uniquely.
             "--local-worker-args", f"--work-dir {self.work_dir}", *extra,
         ])
-        self._tmux("-f", str(conf), "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
-                   "-c", str(ROOT), "-e", f"CLOUDQ_HISTORY={self.history}", command)
+        settings = {"CLOUDQ_HISTORY": str(self.history), **(env or {})}
+        self._tmux("-f", str(conf), "new-session", "-d", "-s", self.session, "-x", str(width),
+                   "-y", str(height), "-c", str(ROOT),
+                   *(arg for key, value in settings.items() for arg in ("-e", f"{key}={value}")), command)
         self.socket_path = Path(self._tmux("display-message", "-p", "#{socket_path}").strip())
         self.pane_pid = int(self._pane_format("#{pane_pid}"))
         match = self.wait(lambda: _LISTENING.search(self.screen()), 30, "the 'listening on' line")
@@ -254,20 +258,60 @@ class TmuxShell:
             self.socket_path.unlink(missing_ok=True)
 
 
+def worker_row(out: list[str], name: str = "worker-1") -> list[str] | None:
+    """The row of worker `name` in what `workers` printed, split in words."""
+    return next((line.split() for line in out if line.split()[:1] == [name]), None)
+
+
+def worker_available(out: list[str]) -> bool:
+    row = worker_row(out)
+    return row is not None and row[1] == "available"
+
+
 @pytest.fixture
 def start_shell(tmp_path: Path) -> Iterator[Callable[..., TmuxShell]]:
-    """Starts a fresh master shell for one test; stopped (tmux server killed) even on failure."""
+    """Starts a fresh master shell for one test (arguments as TmuxShell.start's); stopped (tmux
+    server killed) even on failure."""
     shells: list[TmuxShell] = []
 
-    def start(*extra: str) -> TmuxShell:
+    def start(*extra: str, **options: Any) -> TmuxShell:
         tmp = tmp_path / f"shell{len(shells)}"
         tmp.mkdir()
         shell = TmuxShell(tmp)
         shells.append(shell)  # registered before it starts, so a failed start is cleaned up too
-        return shell.start(*extra)
+        return shell.start(*extra, **options)
 
     try:
         yield start
     finally:
         for shell in shells:
             shell.close()
+
+
+def shared_shell_fixture(width: int = 200, height: int = 50) -> Any:
+    """A module-scoped `shared_shell` fixture: one master shell in a `width` x `height` pane,
+    with its local worker available, that the module's tests share (they find task ids in
+    what the shell prints, so they do not depend on each other's order). A module says
+    `shared_shell = shared_shell_fixture(...)` and its tests take `shell`."""
+
+    @pytest.fixture(scope="module")
+    def shared_shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TmuxShell]:
+        shell = TmuxShell(tmp_path_factory.mktemp("shell"))
+        try:
+            shell.start(width=width, height=height)
+            shell.run_until("workers", worker_available, 30, "worker-1 to be available in `workers`")
+            yield shell
+        finally:
+            shell.close()
+
+    return shared_shell
+
+
+@pytest.fixture
+def shell(shared_shell: TmuxShell) -> TmuxShell:
+    """The module's shared shell (see shared_shell_fixture), at an empty prompt: a test that
+    failed halfway may have left a line."""
+    if shared_shell.current_line() != PROMPT:
+        shared_shell.key("C-c")
+        shared_shell.wait_prompt(after=-1)
+    return shared_shell

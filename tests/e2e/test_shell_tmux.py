@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psutil
 import pytest
 
 from tests.cluster.harness import wait_until
-from tests.e2e.conftest import PROMPT, TmuxShell, procs_mentioning
+from tests.e2e.conftest import (
+    PROMPT,
+    TmuxShell,
+    procs_mentioning,
+    shared_shell_fixture,
+    worker_available,  # other modules import it from here too
+)
 
 COMMAND_NAMES = {"task", "submit", "show", "why", "cancel", "logs", "queue", "workers", "release",
                  "status", "help", "quit"}
 SUBMITTED = re.compile(r"^Task (t\d+) (queued|assigned|running|completed)\b")
-
-
-def worker_row(out: list[str], name: str = "worker-1") -> list[str] | None:
-    return next((line.split() for line in out if line.split()[:1] == [name]), None)
-
-
-def worker_available(out: list[str]) -> bool:
-    row = worker_row(out)
-    return row is not None and row[1] == "available"
 
 
 def submitted_id(out: list[str]) -> str:
@@ -71,24 +68,7 @@ def task_counts(shell: TmuxShell) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def shared_shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TmuxShell]:
-    shell = TmuxShell(tmp_path_factory.mktemp("shell"))
-    try:
-        shell.start()
-        shell.run_until("workers", worker_available, 30, "worker-1 to be available in `workers`")
-        yield shell
-    finally:
-        shell.close()
-
-
-@pytest.fixture
-def shell(shared_shell: TmuxShell) -> TmuxShell:
-    """The shared shell, at an empty prompt (a test that failed halfway may have left a line)."""
-    if shared_shell.current_line() != PROMPT:
-        shared_shell.key("C-c")
-        shared_shell.wait_prompt(after=-1)
-    return shared_shell
+shared_shell = shared_shell_fixture(width=200, height=50)
 
 
 def test_prompt_comes_up_and_help_lists_the_commands(shell: TmuxShell) -> None:

@@ -4,36 +4,17 @@ shell, through tmux and a real master with its local worker. Each test prints wh
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from cloudq.rpc.client import MasterClient
-from tests.e2e.conftest import PROMPT, TmuxShell
-from tests.e2e.test_shell_tmux import field, submitted_id, worker_available
+from tests.e2e.conftest import PROMPT, TmuxShell, shared_shell_fixture
+from tests.e2e.test_shell_tmux import field, submitted_id
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def shared_shell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TmuxShell]:
-    shell = TmuxShell(tmp_path_factory.mktemp("watch"))
-    try:
-        shell.start()
-        # Tall enough that a JSON record is not paged.
-        shell._tmux("resize-window", "-t", shell.session, "-x", "200", "-y", "200")
-        shell.run_until("workers", worker_available, 30, "worker-1 to be available in `workers`")
-        yield shell
-    finally:
-        shell.close()
-
-
-@pytest.fixture
-def shell(shared_shell: TmuxShell) -> TmuxShell:
-    if shared_shell.current_line() != PROMPT:
-        shared_shell.key("C-c")
-        shared_shell.wait_prompt(after=-1)
-    return shared_shell
+shared_shell = shared_shell_fixture(width=200, height=200)  # tall: a JSON record is not paged
 
 
 def _enter(shell: TmuxShell, line: str) -> int:
