@@ -191,7 +191,7 @@ def _worker(args: argparse.Namespace) -> int:
     import socket
     import tempfile
 
-    from cloudq.model import check_name, parse_labels
+    from cloudq.core.model import check_name, parse_labels
     from cloudq.worker.agent import WorkerOptions, run_worker
 
     name = check_name("worker name", args.name or socket.gethostname())

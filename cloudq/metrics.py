@@ -27,10 +27,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from cloudq.core.model import TASK_KINDS, QueueClass, TaskState
+from cloudq.core.transitions import Event
 from cloudq.master.state import RETRY_CAUSES
-from cloudq.model import TASK_KINDS, QueueClass, TaskState
 from cloudq.rpc.server import REJECTION_REASONS
-from cloudq.transitions import Event
 
 log = logging.getLogger("cloudq.metrics")
 

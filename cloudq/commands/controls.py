@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cloudq.commands.registry import CommandParser, Context, Result, command
-from cloudq.model import Priority, QueueClass
+from cloudq.core.model import Priority, QueueClass
 
 
 def _id_argument(parser: CommandParser) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from cloudq.model import Task
-from cloudq.transitions import Event
+from cloudq.core.model import Task
+from cloudq.core.transitions import Event
 
 
 class MasterReads(Protocol):

@@ -11,8 +11,8 @@ from cloudq.commands.follow import add_follow_argument
 from cloudq.commands.pages import next_page, task_listing
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
+from cloudq.core.model import QueueClass, TaskState
 from cloudq.errors import ValidationError
-from cloudq.model import QueueClass, TaskState
 
 SUBMIT_COLUMNS = ["id", "name", "state", "worker"]
 ACTIVE_ORDER = ("running", "assigned", "queued", "retrying", "held")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudq.core.model import Priority, QueueClass, Task, TaskState, choice, new_task
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.delivery import Delivery
 from cloudq.master.state import Hooks, MasterConfig, awaiting_kill
 from cloudq.master.views import Views
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import Priority, QueueClass, Task, TaskState, choice, new_task
 
 S = TaskState
 HOLDABLE = (S.QUEUED, S.RETRYING)

@@ -8,13 +8,13 @@ import time
 from typing import Any
 
 from cloudq import defaults
+from cloudq.core.ledger import Ledger
+from cloudq.core.model import Task, TaskState
+from cloudq.core.transitions import Event
 from cloudq.errors import LimitError, ValidationError
-from cloudq.ledger import Ledger
 from cloudq.master.reports import Report, parse_report
 from cloudq.master.state import MasterState
 from cloudq.master.workers import WorkerRecord, parse_registration, parse_sample
-from cloudq.model import Task, TaskState
-from cloudq.transitions import Event
 
 log = logging.getLogger("cloudq.master")
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cloudq.core.model import Task
 from cloudq.errors import StoreError
-from cloudq.model import Task
 from cloudq.store import Encoded, dumps
 
 log = logging.getLogger("cloudq.master")

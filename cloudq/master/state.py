@@ -26,15 +26,16 @@ from typing import Any
 
 import orjson
 
-from cloudq import defaults, retry
+from cloudq import defaults
+from cloudq.core import retry
+from cloudq.core.ledger import Booking, Ledger, LockTable
+from cloudq.core.model import Priority, QueueClass, Task, TaskState
+from cloudq.core.scheduler import Backlog, Scheduler
+from cloudq.core.transitions import EFFECTS, Event, EventLog, move
 from cloudq.errors import NotFoundError
-from cloudq.ledger import Booking, Ledger, LockTable
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
-from cloudq.model import Priority, QueueClass, Task, TaskState
-from cloudq.scheduler import Backlog, Scheduler
 from cloudq.specs import capabilities_of
-from cloudq.transitions import EFFECTS, Event, EventLog, move
 
 S = TaskState
 _RETRYING = S.RETRYING  # module constants: _move runs for every change of every task

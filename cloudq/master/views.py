@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from cloudq.core.model import Priority, Task, TaskState, new_task
+from cloudq.core.scheduler import explain, misfit, never_fits, summarise
+from cloudq.core.transitions import Event
 from cloudq.errors import NotFoundError
 from cloudq.master.state import MasterState
 from cloudq.master.workers import WorkerRecord, WorkerStatus
-from cloudq.model import Priority, Task, TaskState, new_task
-from cloudq.scheduler import explain, misfit, never_fits, summarise
-from cloudq.transitions import Event
 
 S = TaskState
 

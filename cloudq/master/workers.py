@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cloudq.core.ledger import Ledger
+from cloudq.core.model import check_name, check_number, parse_labels
 from cloudq.errors import ValidationError
-from cloudq.ledger import Ledger
-from cloudq.model import check_name, check_number, parse_labels
 
 
 class WorkerStatus(StrEnum):

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloudq.core.model import check_name
 from cloudq.errors import AuthError, CloudqError
-from cloudq.model import check_name
 
 MASTER_NAME = "cloudq-master"
 ADMIN_NAME = "cloudq-admin"

@@ -28,7 +28,7 @@ from prompt_toolkit.document import Document
 
 from cloudq.commands import COMMANDS
 from cloudq.commands.registry import CommandParser
-from cloudq.model import Priority, QueueClass, TaskState
+from cloudq.core.model import Priority, QueueClass, TaskState
 from cloudq.shell.local import LOCAL
 from cloudq.specs.scenarios import scenario_names
 

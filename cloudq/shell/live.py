@@ -23,10 +23,10 @@ from typing import Any
 
 from cloudq.commands.registry import COMMANDS
 from cloudq.commands.task_syntax import request_from_args
+from cloudq.core.transitions import Event
 from cloudq.shell.completion import Live
 from cloudq.shell.link import MasterLink
 from cloudq.shell.notices import Notice, TaskFacts, task_notice, worker_notice
-from cloudq.transitions import Event
 
 log = logging.getLogger("cloudq.shell")
 

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from cloudq.core.transitions import Event
 from cloudq.render import neutralise
-from cloudq.transitions import Event
 
 BURST_LINES = 5  # notices printed from one burst; the rest are counted on one more line
 NOTICE_PREFIX = "["  # every notice starts with "[HH:MM:SS] "

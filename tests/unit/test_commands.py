@@ -8,9 +8,9 @@ import pytest
 
 from cloudq.commands import Context, dispatch, split_line
 from cloudq.commands.history import since_time
+from cloudq.core.model import TaskState
 from cloudq.errors import NotFoundError, ValidationError
 from cloudq.master.core import Master, MasterConfig
-from cloudq.model import TaskState
 from tests.unit.test_master_core import Clock
 
 S = TaskState

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from cloudq.core.model import TaskState
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.core import Master, MasterConfig
 from cloudq.master.journal import NullJournal
-from cloudq.model import TaskState
 
 S = TaskState
 

@@ -5,6 +5,8 @@ through, the shell's feed (an event cursor, the oldest wait, ids) and the LocalL
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -12,10 +14,10 @@ from cloudq.commands import COMMANDS, parse
 from cloudq.commands.gate import ChangeRefused, Gate, Guard
 from cloudq.commands.ops import CHANGES, READS, MasterOps
 from cloudq.commands.registry import Context, run
+from cloudq.core.transitions import Event, EventLog
 from cloudq.master.core import Master, MasterConfig
 from cloudq.shell.link import LocalLink
 from cloudq.shell.live import Watcher
-from cloudq.transitions import Event, EventLog
 from tests.unit.test_commands import worker
 from tests.unit.test_master_core import Clock
 
@@ -131,3 +133,15 @@ def test_completion_offers_the_masters_lock_names_and_new_ids(busy: Master) -> N
         assert watcher.live().task_ids[0] == "t3"
     finally:
         watcher.stop()
+
+
+def test_the_core_imports_none_of_the_edges() -> None:
+    """cloudq/core/ is the I/O-free core: importing it loads no store, RPC, shell or HTTP."""
+    code = ("import sys, cloudq.core.model, cloudq.core.transitions, cloudq.core.queue, "
+            "cloudq.core.scheduler, cloudq.core.ledger, cloudq.core.retry\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('cloudq.store', 'cloudq.rpc', "
+            "'cloudq.shell', 'cloudq.master', 'cloudq.worker', 'cloudq.commands', 'rpyc', "
+            "'prompt_toolkit', 'prometheus_client', 'psutil', 'docker', 'tinydb'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloudq.core.model import TaskState
 from cloudq.master.core import Master, MasterConfig
 from cloudq.metrics import GIB, master_registry
-from cloudq.model import TaskState
 from cloudq.rpc.server import ConnectionSlots, Identity
 
 S = TaskState

@@ -4,8 +4,16 @@ import math
 
 import pytest
 
+from cloudq.core.model import (
+    LockSpec,
+    Priority,
+    QueueClass,
+    Task,
+    TaskState,
+    new_task,
+    parse_request,
+)
 from cloudq.errors import ValidationError
-from cloudq.model import LockSpec, Priority, QueueClass, Task, TaskState, new_task, parse_request
 
 
 def test_defaults_and_round_trip():

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudq.model import Priority, QueueClass
-from cloudq.queue import TaskQueue
+from cloudq.core.model import Priority, QueueClass
+from cloudq.core.queue import TaskQueue
 
 ops = st.lists(
     st.one_of(

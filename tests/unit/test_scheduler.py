@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cloudq.ledger import Ledger, LockTable
-from cloudq.model import new_task
-from cloudq.scheduler import Backlog, Scheduler
+from cloudq.core.ledger import Ledger, LockTable
+from cloudq.core.model import new_task
+from cloudq.core.scheduler import Backlog, Scheduler
 
 SEQ = iter(range(1, 10**9))
 

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from cloudq.core.transitions import Event
 from cloudq.master.core import Master
 from cloudq.shell.link import LocalLink
 from cloudq.shell.live import Watcher
@@ -21,7 +22,6 @@ from cloudq.shell.notices import (
     worker_notice,
 )
 from cloudq.shell.toolbar import toolbar
-from cloudq.transitions import Event
 
 
 class Collected:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cloudq.commands import Context, dispatch
+from cloudq.core.model import TASK_KINDS
 from cloudq.master.core import Master
-from cloudq.model import TASK_KINDS
 from cloudq.specs import KINDS, validate_spec
 from cloudq.worker.runners import RUNNERS
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from cloudq.core.model import Task, TaskState
+from cloudq.core.transitions import ALLOWED, EventLog, can_move, move
 from cloudq.errors import TransitionError
-from cloudq.model import Task, TaskState
-from cloudq.transitions import ALLOWED, EventLog, can_move, move
 
 S = TaskState
 
@@ -63,7 +63,7 @@ def test_event_log_is_bounded():
 
 
 def test_effects_follow_from_the_states_a_move_leaves_and_enters():
-    from cloudq.transitions import EFFECTS
+    from cloudq.core.transitions import EFFECTS
 
     assert set(EFFECTS) == set(ALLOWED)
     for (src, dst), fx in EFFECTS.items():

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from cloudq.core.model import TaskState
 from cloudq.errors import LimitError, ValidationError
 from cloudq.master.core import Master, MasterConfig
 from cloudq.master.reports import parse_report
-from cloudq.model import TaskState
 from tests.unit.test_master_core import Clock, noop, worker
 
 S = TaskState

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from cloudq import defaults
-from cloudq.ledger import EPSILON, Ledger, LockTable
-from cloudq.model import LockSpec, Resources, Task
-from cloudq.queue import Key, TaskQueue
+from cloudq.core.ledger import EPSILON, Ledger, LockTable
+from cloudq.core.model import LockSpec, Resources, Task
+from cloudq.core.queue import Key, TaskQueue
 
 ShapeKey = tuple[Resources, str | None, tuple[tuple[str, str], ...], tuple[LockSpec, ...], frozenset[str]]
 

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+from cloudq.core.model import Task, TaskState
 from cloudq.errors import TransitionError
-from cloudq.model import Task, TaskState
 
 S = TaskState
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from cloudq import defaults
-from cloudq.model import Task
+from cloudq.core.model import Task
 
 
 def retries_left(task: Task) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cloudq.model import LockSpec, Resources
+from cloudq.core.model import LockSpec, Resources
 
 EPSILON = 1e-9  # float sums of fractional cores must not refuse an exact fit
 
