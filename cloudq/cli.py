@@ -60,6 +60,10 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds an offline worker with no tasks is kept in `workers` (0: forever)")
     p.add_argument("--start-deadline", type=float, default=defaults.START_DEADLINE_S,
                    help="seconds an assigned task may wait for its worker to start it")
+    p.add_argument("--audit-log", type=Path, metavar="FILE",
+                   help="append every event to FILE as JSON lines, once durable (rotated by size)")
+    p.add_argument("--audit-log-max-mb", type=float, default=defaults.AUDIT_LOG_MAX_MB,
+                   help=f"rotate the audit log past this size; {defaults.AUDIT_LOG_BACKUPS} old parts kept")
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
@@ -175,6 +179,8 @@ def _master(args: argparse.Namespace) -> int:
                         ("--max-workers", args.max_workers)):
         if value < 1:
             raise CloudqError(f"{flag} must be at least 1")
+    if not args.audit_log_max_mb > 0:
+        raise CloudqError("--audit-log-max-mb must be a size in MB above 0")
     if args.max_connections <= defaults.ADMIN_RESERVED_CONNECTIONS:
         raise CloudqError(f"--max-connections must be over the {defaults.ADMIN_RESERVED_CONNECTIONS} "
                           f"connections kept for operators")
@@ -184,6 +190,7 @@ def _master(args: argparse.Namespace) -> int:
         tls_dir=args.tls_dir, insecure=args.insecure, max_connections=args.max_connections,
         max_connections_per_peer=args.max_connections_per_peer, idle_timeout_s=args.idle_timeout,
         worker_args=tuple(shlex.split(args.local_worker_args)),
+        audit_log=args.audit_log, audit_log_max_mb=args.audit_log_max_mb,
     ))
 
 

@@ -12,6 +12,8 @@ ADMIN_RESERVED_CONNECTIONS = 8  # of MAX_CONNECTIONS, kept for operators (admin 
 IDLE_TIMEOUT_S = 300.0  # a connection that sends nothing this long is closed
 HTTP_MAX_CONNECTIONS = 32  # open connections to the metrics port; more get 503 and are closed
 HTTP_IDLE_TIMEOUT_S = 10.0  # a metrics connection silent this long is closed
+AUDIT_LOG_MAX_MB = 100  # --audit-log rotates past this size
+AUDIT_LOG_BACKUPS = 5  # rotated parts kept: FILE.1 to FILE.5
 SYNC_REQUEST_TIMEOUT_S = 30.0  # an RPC call that takes longer fails instead of hanging
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that does not finish TLS + RPyC setup by then is dropped
 

@@ -1,5 +1,6 @@
-"""`events`: what happened, newest last: every move of every task (the audit log), filtered
-by task, worker and time."""
+"""`events`: what happened, newest last: every move of every task, what a task was blocked on,
+and what happened to workers (joined, lost, quarantined, draining, released, forgotten); the
+same events `--audit-log` writes. Filtered by task, worker and time."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _events_arguments(parser: CommandParser) -> None:
                         help="at most this many, the newest (default 100)")
 
 
-@command("events", "The audit log: every move of every task, newest last.", arguments=_events_arguments)
+@command("events", "The audit log: every move of every task and every worker change, newest last.",
+         arguments=_events_arguments)
 def events_command(ctx: Context, args: argparse.Namespace) -> Result:
     since = since_time(args.since, ctx.master.clock()) if args.since else None
     events = ctx.master.events_since(args.id, args.worker, since, args.limit)
@@ -58,6 +60,7 @@ def events_command(ctx: Context, args: argparse.Namespace) -> Result:
 
 
 def _row(event: dict[str, Any]) -> list[Any]:
-    move = event["src"] if event["src"] == event["dst"] else f"{event['src']} -> {event['dst']}"
+    # A note keeps its state (blocked, a new priority); a worker's own event has no task.
+    move = event["dst"] if event["src"] in (event["dst"], "") else f"{event['src']} -> {event['dst']}"
     return [time.strftime("%H:%M:%S", time.localtime(event["time"])), event["task"], move,
             event["worker"] or "", event["attempt"], event["reason"]]

@@ -129,13 +129,19 @@ class LockTable:
     def __init__(self) -> None:
         self._holders: dict[str, set[str]] = {}
 
-    def blocker(self, locks: tuple[LockSpec, ...]) -> str | None:
+    def blocking(self, locks: tuple[LockSpec, ...]) -> tuple[LockSpec, list[str]] | None:
+        """The first of `locks` with no room left, and the tasks holding it."""
         for lock in locks:
             holders = self._holders.get(lock.name, ())
             if len(holders) >= lock.holders:
-                who = ", ".join(sorted(holders))
-                return f"Lock {lock.name} is held by {who} ({len(holders)} of {lock.holders} holders)"
+                return lock, sorted(holders)
         return None
+
+    def blocker(self, locks: tuple[LockSpec, ...]) -> str | None:
+        found = self.blocking(locks)
+        if found is None:
+            return None
+        return held_reason(*found)
 
     def acquire(self, task_id: str, locks: tuple[LockSpec, ...]) -> None:
         for lock in locks:
@@ -155,3 +161,8 @@ class LockTable:
 
     def snapshot(self) -> dict[str, list[str]]:
         return {name: sorted(holders) for name, holders in sorted(self._holders.items())}
+
+
+def held_reason(lock: LockSpec, holders: list[str]) -> str:
+    """Why a task waits for `lock`, in the words `why` and `queue` show."""
+    return f"Lock {lock.name} is held by {', '.join(holders)} ({len(holders)} of {lock.holders} holders)"

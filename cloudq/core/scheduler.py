@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from cloudq import defaults
-from cloudq.core.ledger import EPSILON, Ledger, LockTable
+from cloudq.core.ledger import EPSILON, Ledger, LockTable, held_reason
 from cloudq.core.model import LockSpec, Resources, Task
 from cloudq.core.queue import Key, TaskQueue
 
@@ -39,6 +39,15 @@ class Shape:
     def __init__(self, key: ShapeKey) -> None:
         self.key = key
         self.capabilities = key[4]
+
+    def __str__(self) -> str:
+        need, target, labels, locks, capabilities = self.key
+        parts = [f"{need.cpu_cores:g}c {need.mem_gb:g}G" + (f" {need.gpus}g" if need.gpus else "")]
+        parts += [f"on {target}"] if target else []
+        parts += [",".join(f"{k}={v}" for k, v in labels)] if labels else []
+        parts += [f"lock {','.join(lock.name for lock in locks)}"] if locks else []
+        parts += [f"needs {','.join(sorted(capabilities))}"] if capabilities else []
+        return " ".join(parts)
 
 
 def shape_key(task: Task, capabilities: frozenset[str]) -> ShapeKey:
@@ -140,6 +149,13 @@ class Backlog:
     def shapes(self) -> int:
         return len(self._groups)
 
+    def describe(self) -> list[tuple[Shape, int, str]]:
+        """Each waiting shape with how many tasks wait in it and its last reason, the most
+        crowded first (for logs: O(shapes))."""
+        out = [(shape, len(group), self.reasons.get(shape, "not looked at yet"))
+               for shape, group in self._groups.items()]
+        return sorted(out, key=lambda item: -item[1])
+
     def __len__(self) -> int:
         return len(self._shape_of)
 
@@ -234,6 +250,8 @@ class Scheduler:
             raise ValueError(f"placement strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.strategy = strategy
         self.aging_s = aging_s
+        # The last pass's heads that wait for a lock: task id -> (lock name, its holders).
+        self.lock_blocked: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def place(
         self,
@@ -251,6 +269,7 @@ class Scheduler:
         open_workers.sort(key=lambda ledger: ledger.name)
         reserved: set[str] = set()
         placements: list[Placement] = []
+        self.lock_blocked = {}
         heads = backlog.heads()
         heapq.heapify(heads)
         while heads and open_workers:
@@ -260,9 +279,11 @@ class Scheduler:
             if target is not None and target not in ledgers:  # only that worker could help
                 backlog.reasons[shape] = _absent(target, absent)
                 continue
-            held = locks.blocker(task.locks) if task.locks else None
+            held = locks.blocking(task.locks) if task.locks else None
             if held:  # no worker can help: wait for the lock, reserve nothing
-                backlog.reasons[shape] = held
+                lock, holders = held
+                backlog.reasons[shape] = held_reason(lock, holders)
+                self.lock_blocked[task.id] = (lock.name, tuple(holders))
                 continue
             if target is not None:
                 chosen, reason = self._choose_target(task, shape.capabilities, ledgers[target], reserved)

@@ -142,6 +142,8 @@ class EventLog:
     def add(self, event: Event) -> None:
         self._all.append(event)
         self.added += 1
+        if not event.task:
+            return  # a worker's own event: no task's story
         story = self._per_task.get(event.task)
         if story is None:
             self._per_task[event.task] = [event]

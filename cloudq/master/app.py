@@ -44,6 +44,8 @@ class MasterOptions:
     max_connections_per_peer: int = defaults.MAX_CONNECTIONS_PER_PEER
     idle_timeout_s: float = defaults.IDLE_TIMEOUT_S
     worker_args: tuple[str, ...] = ()  # passed on to local workers
+    audit_log: Path | None = None  # every event as a JSON line, once durable
+    audit_log_max_mb: float = defaults.AUDIT_LOG_MAX_MB
 
 
 class MasterProcess:
@@ -60,6 +62,13 @@ class MasterProcess:
         self.master = Master(journal, options.config)
         self.master.restore(state.records.values(), state.events, state.meta)
         journal.on_failure = self.master.roll_back
+        self.audit = None
+        if options.audit_log is not None:
+            from cloudq.master.audit import AuditLog
+
+            self.audit = AuditLog(options.audit_log, int(options.audit_log_max_mb * (1 << 20)),
+                                  defaults.AUDIT_LOG_BACKUPS)
+            journal.on_durable.append(self.audit.write)
         del state
         _tune_gc()
         slots = ConnectionSlots(options.max_connections, options.max_connections_per_peer)
@@ -124,6 +133,8 @@ class MasterProcess:
         if self.metrics is not None:
             self.metrics.shutdown()
         self.store.close()
+        if self.audit is not None:  # after the store: its last commits are audited too
+            self.audit.close()
         print("cloudq master stopped", file=sys.stderr, flush=True)
 
 

@@ -141,17 +141,20 @@ class Master(Delivery, Views):
             record = self._known_worker(name)
             if not (record.quarantined or record.draining):
                 raise ValidationError(f"worker {name} is neither quarantined nor draining")
+            was = "quarantine" if record.quarantined else "drain"
             record.quarantined = record.draining = False
             record.quarantine_reason = ""
             self._flags_changed()
+            self._worker_event(name, "released", f"from {was} by an operator", now)
             record.consecutive_failures = 0
             self._place(now)
 
     def drain_worker(self, name: str) -> None:
         """The worker finishes what it runs and is given nothing new."""
-        with self._change():
+        with self._change() as now:
             self._known_worker(name).draining = True
             self._flags_changed()
+            self._worker_event(name, "draining", "by an operator", now)
 
     def _known_worker(self, name: str) -> WorkerRecord:
         record = self.workers.get(name)

@@ -28,9 +28,11 @@ class Delivery(MasterState):
         are its current attempt; the rest it is told to stop."""
         info = parse_registration(raw)
         with self._change() as now:
-            if info["name"] not in self.workers:
+            new = info["name"] not in self.workers
+            if new:
                 self._make_room_for_a_worker(now)
             record = self._worker(info["name"])
+            returning = not new and not record.connected
             old_bookings = record.ledger.bookings
             record.host = info["host"]
             record.facts = info["facts"]
@@ -43,6 +45,11 @@ class Delivery(MasterState):
             record.session += 1
             record.outbox.clear()
             stop = self._readopt(record, old_bookings, _pairs(running), now)
+            ledger = record.ledger
+            self._worker_event(record.name, "joined" if new or returning else "re-registered",
+                               f"{ledger.cpu_cores:g} cores, {ledger.mem_gb:g} GB, "
+                               f"{len(ledger.gpu_mem_gb)} GPUs, {ledger.max_tasks} slots; "
+                               f"re-adopted {len(running) - len(stop)} running", now)
             self._place(now)
         return {"session": record.session, "stop": stop, "lease_s": self.config.lease_s,
                 "heartbeat_s": self.config.heartbeat_s}
@@ -82,9 +89,11 @@ class Delivery(MasterState):
         if not idle:
             raise LimitError(f"worker limit reached: {len(self.workers)} workers are registered "
                              f"(--max-workers {self.config.max_workers})")
-        self._forget_worker(min(idle, key=lambda w: w.last_seen))
+        self._forget_worker(min(idle, key=lambda w: w.last_seen), now,
+                            f"offline the longest, displaced at --max-workers {self.config.max_workers}")
 
-    def _forget_worker(self, record: WorkerRecord) -> None:
+    def _forget_worker(self, record: WorkerRecord, now: float, why: str) -> None:
+        self._worker_event(record.name, "forgotten", why, now)
         del self.workers[record.name]
         self._wakeups.pop(record.name, None)
         self._fleet += 1
@@ -95,7 +104,7 @@ class Delivery(MasterState):
             return
         for record in [w for w in self.workers.values() if _forgettable(w)]:
             if now - record.last_seen > keep:
-                self._forget_worker(record)
+                self._forget_worker(record, now, f"offline for over {keep:g}s (--forget-offline)")
 
     def heartbeat(self, name: str, sample: Any) -> None:
         sample = parse_sample(sample)
@@ -195,6 +204,7 @@ class Delivery(MasterState):
             record.quarantine_reason = (f"{record.consecutive_failures} worker failures in a row, "
                                         f"the last: {error[:200]}")
             self._flags_changed()
+            self._worker_event(record.name, "quarantined", record.quarantine_reason, self.clock())
 
     # ------------------------------------------------------------------ processor
     def tick(self) -> None:
@@ -280,6 +290,8 @@ class Delivery(MasterState):
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
         record.connected = False
+        self._worker_event(record.name, "lost", f"missed its lease of {self.config.lease_s:g}s; "
+                           f"{len(record.ledger.bookings)} tasks on it", now)
         self._wakeups[record.name].notify_all()
         for task_id in list(record.ledger.bookings):
             task = self.tasks.get(task_id)

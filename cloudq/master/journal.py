@@ -107,6 +107,8 @@ class StoreJournal:
         self.writes = 0
         self.failures = 0
         self.on_commit: list[CommitHook] = []
+        # Each batch of changes once it is durable, in commit order (the audit log hangs here).
+        self.on_durable: list[Callable[[list[tuple]], None]] = []
 
     def enqueue(self, changes: list[tuple]) -> int:
         with self._cv:
@@ -167,15 +169,18 @@ class StoreJournal:
                     continue
                 self._durable = upto
                 if took is not None:
-                    self._committed(took, len(batch))
+                    self._committed(took, batch)
 
-    def _committed(self, seconds: float, changes: int) -> None:
-        """Tells the on_commit hooks (under the journal's lock: one at a time). A hook that
-        fails is logged: the commit itself is durable and stays so."""
-        for hook in self.on_commit:
+    def _committed(self, seconds: float, batch: list[tuple]) -> None:
+        """Tells the on_commit and on_durable hooks (under the journal's lock: one at a time,
+        in commit order). A hook that fails is logged: the commit itself is durable and stays
+        so."""
+        calls = [(hook, (seconds, len(batch))) for hook in self.on_commit]
+        calls += [(hook, (batch,)) for hook in self.on_durable]
+        for hook, args in calls:
             try:
-                hook(seconds, changes)
-            except Exception:  # noqa: BLE001 - metrics must never fail a commit
+                hook(*args)  # type: ignore[operator]
+            except Exception:  # noqa: BLE001 - a hook must never fail a commit
                 log.exception("a commit hook failed")
 
     def _was_lost(self, ticket: int) -> bool:

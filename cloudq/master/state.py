@@ -16,6 +16,7 @@ callers share one fsync (group commit) and nothing is acknowledged before it is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -36,6 +37,8 @@ from cloudq.errors import NotFoundError
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.workers import WorkerRecord
 from cloudq.specs import capabilities_of
+
+log = logging.getLogger("cloudq.master")
 
 S = TaskState
 _RETRYING = S.RETRYING  # module constants: _move runs for every change of every task
@@ -115,6 +118,7 @@ class MasterState:
         self._waiting: dict[QueueClass, dict[str, float]] = {q: {} for q in QueueClass}
         self._queued_by_priority: Counter[Priority] = Counter()  # the same tasks, by priority
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
+        self._blocked_told: dict[str, tuple[str, tuple[str, ...]]] = {}  # lock waits in events
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
 
@@ -223,11 +227,46 @@ class MasterState:
             task.progress = None
             self._move(task, S.ASSIGNED, now, f"placed on {placement.worker}")
             self._tell(placement.worker, {"assign": self._assignment(task, placement.gpu_indices)})
+        if self.scheduler.lock_blocked:
+            self._tell_blocked(now)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_pass(placements, ledgers, time.perf_counter() - started)
         if count_attempts:
             self._count_blocked(now)
         for hook in self.hooks.on_placement_pass:
             hook(time.perf_counter() - started, len(placements))
         return len(placements)
+
+    def _tell_blocked(self, now: float) -> None:
+        """An event when a task at the head of the queue starts waiting for a lock, or for
+        other holders of it: which lock, held by which tasks on which workers. Once per wait,
+        not once per pass."""
+        for task_id, (lock, holders) in self.scheduler.lock_blocked.items():
+            if self._blocked_told.get(task_id) == (lock, holders):
+                continue
+            self._blocked_told[task_id] = (lock, holders)
+            who = ", ".join(f"{h} on {self.tasks[h].worker}" if h in self.tasks and self.tasks[h].worker
+                            else h for h in holders)
+            self._note(self.tasks[task_id], now, f"blocked: lock {lock} is held by {who}")
+
+    def _log_pass(self, placements: list[Any], ledgers: dict[str, Any], took: float) -> None:
+        """At debug level, one pass in full: what waits, by shape and why; the workers; what
+        was placed where. Built only when debug logging is on."""
+        shapes = "; ".join(f"{count} x {shape}: {reason}" for shape, count, reason in
+                           self.backlog.describe()[:20]) or "none"
+        workers = ", ".join(f"{w.name} {w.status.value}" for w in self.workers.values()) or "none"
+        placed = ", ".join(f"{p.task_id}->{p.worker}" for p in placements[:50]) or "nothing"
+        log.debug("placement pass in %.2f ms: placed %s; %d queued, by shape: %s; "
+                  "workers: %s (%d schedulable)", took * 1000, placed, len(self.backlog), shapes,
+                  workers, len(ledgers))
+
+    def _worker_event(self, name: str, what: str, reason: str, now: float) -> None:
+        """A worker's own change (joined, lost, quarantined, draining, released, forgotten): an
+        event with no task, journalled and shown by `events --worker` like a task's."""
+        event = Event("", "", what, reason, name, 0, now)
+        self.events.add(event)
+        self._pending.append(("event", event.to_dict()))
+        log.info("worker %s %s: %s", name, what, reason)
 
     def _count_blocked(self, now: float) -> None:
         """Only the head of each blocked shape is touched: the rest wait behind it for the same reason."""
@@ -330,6 +369,7 @@ class MasterState:
         if src is _QUEUED:
             self._waiting[task.queue].pop(task.id, None)
             self._queued_by_priority[task.priority] -= 1
+            self._blocked_told.pop(task.id, None)
         if effects.release:
             self._release(task)
         if effects.enqueue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -105,12 +106,13 @@ def test_events_filter_by_task_worker_and_time(master, clock):
     clock.now += 120
     run(master, "task --noop")
     everything = run(master, "events")
-    assert [r[1:3] for r in everything.rows] == [["t1", "pending -> queued"], ["t1", "queued -> assigned"],
+    assert [r[1:3] for r in everything.rows] == [["", "joined"],
+                                                 ["t1", "pending -> queued"], ["t1", "queued -> assigned"],
                                                  ["t2", "pending -> queued"], ["t2", "queued -> assigned"]]
     assert [e["task"] for e in run(master, "events t2").data] == ["t2", "t2"]
     recent = run(master, "events --since 1m")
     assert {e["task"] for e in recent.data} == {"t2"} and recent.title == "2 events since 1m"
-    assert len(run(master, "events --worker w1").data) == 2  # the moves made on w1
+    assert len(run(master, "events --worker w1").data) == 3  # it joined, and the two moves on it
     assert run(master, "events --limit 1").data[0]["dst"] == "assigned"
     with pytest.raises(NotFoundError):
         run(master, "events t9")
@@ -344,3 +346,41 @@ def test_a_batch_warning_counts_the_tasks_past_the_first_page(master, tmp_path, 
 def test_a_batch_with_no_worker_registered_has_no_warning(master, tmp_path):
     reply = run(master, f"submit {_batch(tmp_path, '--noop -cpu 64', '--noop')}")
     assert reply.status == "ids t1 to t2"  # no worker yet: each task's reason says so
+
+
+def test_a_task_blocked_on_a_lock_has_an_event_naming_the_holder_once(master):
+    session = worker(master, "w1")
+    run(master, "task --noop --lock db --name first")  # t1 takes the lock on w1
+    run(master, "task --noop --lock db --name second")  # t2 waits for it
+    run(master, "task --noop --name other")  # another pass: t2 still waits, told once
+    blocked = [e for e in run(master, "events t2").data if e["src"] == e["dst"]]
+    assert [e["reason"] for e in blocked] == ["blocked: lock db is held by t1 on w1"]
+    master.report("w1", session, [{"task": "t1", "attempt": 1, "state": "completed"}])
+    assert [e["dst"] for e in run(master, "events t2").data][-1] == "assigned"
+    row = next(r for r in run(master, "events t2").rows if r[2] == "queued")
+    assert row[5] == "blocked: lock db is held by t1 on w1"
+
+
+def test_what_happens_to_workers_is_in_the_events(master, clock):
+    worker(master, "w1")
+    run(master, "drain w1")
+    run(master, "release w1")
+    clock.now += 11
+    master.tick()  # w1 missed its lease of 10 s
+    worker(master, "w1")
+    told = [(e["dst"], e["reason"]) for e in run(master, "events --worker w1").data]
+    assert [what for what, _ in told] == ["joined", "draining", "released", "lost", "joined"]
+    assert told[0][1] == "4 cores, 16 GB, 0 GPUs, 4 slots; re-adopted 0 running"
+    assert told[2][1] == "from drain by an operator" and told[3][1].startswith("missed its lease of 10s")
+
+
+def test_at_debug_level_each_placement_pass_is_logged_with_its_shapes(master, caplog):
+    worker(master, "w1", cores=2.0)
+    with caplog.at_level(logging.DEBUG, logger="cloudq.master"):
+        run(master, "task --noop -cpu 2 --lock db")
+        run(master, "task --noop -cpu 2 --lock db")
+    passes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("placement pass")]
+    print("\n" + "\n".join(passes))
+    assert "placed t1->w1" in passes[0]
+    assert "1 queued, by shape: 1 x 2c 0G lock db: Lock db is held by t1" in passes[-1]
+    assert "workers: w1 available (1 schedulable)" in passes[-1]
