@@ -55,6 +55,10 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "preset", help="FFmpeg encoder preset")
     _option(parser, "output", help="FFmpeg output file name")
     _option(parser, "sleep", type=float, help="no-op: seconds to sleep")
+    _option(parser, "after", action="append", metavar="ID[,ID...]",
+            help="queue it only once these tasks completed (cancelled if one does not)")
+    _option(parser, "after_any", "-after-any", "--after-any", action="append", metavar="ID[,ID...]",
+            help="queue it once these tasks ended, in any way")
 
 
 def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,6 +84,8 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         ("queue", args.queue), ("priority", args.priority), ("locks", args.lock),
         ("max_retries", args.retries), ("retry_backoff_s", args.backoff), ("timeout_s", args.timeout),
         ("ttl_s", args.ttl), ("name", args.name), ("owner", args.owner),
+        ("after", args.after and ",".join(args.after)),
+        ("after_any", args.after_any and ",".join(args.after_any)),
     ):
         if value is not None:
             request[field_name] = value

@@ -41,6 +41,8 @@ def submit_reply(view: dict[str, Any]) -> str:
     """What `task` answers, in the operator's words: where the task went, or why it waits and
     what it waits for, and a warning when no registered worker could ever run it."""
     state, task_id = view["state"], view["id"]
+    if state == "pending" and view.get("reason"):  # waits for other tasks
+        return f"Task {task_id} pending: {view['reason']}. It is queued when they end."
     if state != "queued":
         where = f" {'to' if state == 'assigned' else 'on'} {view['worker']}" if view.get("worker") else ""
         return f"Task {task_id} {state}{where}."

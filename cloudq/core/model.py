@@ -190,8 +190,9 @@ class LockSpec:
 # The fields a submitter may set, with their defaults. Everything else is bookkeeping.
 REQUEST_FIELDS = {
     "name", "kind", "spec", "owner", "queue", "priority", "resources", "target_worker",
-    "labels", "locks", "max_retries", "retry_backoff_s", "timeout_s", "ttl_s",
+    "labels", "locks", "max_retries", "retry_backoff_s", "timeout_s", "ttl_s", "after", "after_any",
 }
+MAX_DEPENDENCIES = 1000  # tasks one task may wait for
 
 
 @dataclass(slots=True)
@@ -211,7 +212,10 @@ class Task:
     retry_backoff_s: float = defaults.RETRY_BACKOFF_S
     timeout_s: float | None = None  # run time limit, once started
     ttl_s: float | None = None  # how long it may wait in the queue before it expires
+    after: tuple[str, ...] = ()  # tasks that must complete before this one is queued
+    after_any: tuple[str, ...] = ()  # tasks that must end, in any way, before it is queued
     # --- bookkeeping, owned by the master ---
+    workflow: str | None = None  # the workflow it is a step of (wfN), set at submit
     state: TaskState = TaskState.PENDING
     seq: int = 0  # submission order: FIFO within queue class and priority
     attempt: int = 0  # fencing token: bumped on every assignment
@@ -253,7 +257,8 @@ class Task:
             "labels": dict(self.labels), "locks": [lock.to_dict() for lock in self.locks],
             "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
             "timeout_s": self.timeout_s, "ttl_s": self.ttl_s, "seq": self.seq,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "after": list(self.after), "after_any": list(self.after_any),
+            "workflow": self.workflow,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -276,7 +281,13 @@ class Task:
         data["state"] = TaskState(data.get("state", TaskState.PENDING))
         data["resources"] = Resources(**data.get("resources") or {})
         data["locks"] = tuple(LockSpec(**lock) for lock in data.get("locks") or ())
+        data["after"] = tuple(data.get("after") or ())
+        data["after_any"] = tuple(data.get("after_any") or ())
         return cls(**data)
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        return self.after + self.after_any
 
 
 def parse_request(raw: Any) -> dict[str, Any]:
@@ -320,6 +331,9 @@ def parse_request(raw: Any) -> dict[str, Any]:
     for key in ("timeout_s", "ttl_s"):
         if (seconds := get(key)) is not None:
             out[key] = _optional_seconds(key, seconds)
+    for key in ("after", "after_any"):
+        if (ids := get(key)) is not None:
+            out[key] = parse_task_ids(key, ids)
     gpus = out["resources"].gpus if "resources" in out else 0
     if gpus < 1 and "gpu" in capabilities_of(kind, spec):
         raise ValidationError(f"this {kind} task runs on a GPU: ask for at least one (-gpu 1)")
@@ -330,6 +344,23 @@ def new_task(raw: Any, *, task_id: str, seq: int, now: float) -> Task:
     """A validated, not yet queued task."""
     request = parse_request(raw)
     return Task(id=task_id, seq=seq, created_at=now, updated_at=now, **request)
+
+
+_TASK_ID_RE = re.compile(r"^t[1-9][0-9]{0,17}$")
+
+
+def parse_task_ids(what: str, raw: Any) -> tuple[str, ...]:
+    """Task ids a task waits for: ["t4", "t5"] or "t4,t5"; in order, without repeats."""
+    if isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple):
+        raise ValidationError(f"{what} must be task ids like t4,t5, got {raw!r:.60}")
+    if len(raw) > MAX_DEPENDENCIES:
+        raise ValidationError(f"{what}: at most {MAX_DEPENDENCIES} tasks, got {len(raw)}")
+    for task_id in raw:
+        if not isinstance(task_id, str) or not _TASK_ID_RE.match(task_id):
+            raise ValidationError(f"{what}: {task_id!r:.40} is not a task id (t1, t2, ...)")
+    return tuple(dict.fromkeys(raw))
 
 
 def parse_labels(raw: Any) -> dict[str, str]:

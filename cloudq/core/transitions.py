@@ -26,6 +26,7 @@ S = TaskState
 # only moves some code path makes are listed.
 ALLOWED: dict[tuple[TaskState, TaskState], str] = {
     (S.PENDING, S.QUEUED): "accepted",
+    (S.PENDING, S.CANCELLED): "cancelled before its dependencies ended",
     (S.QUEUED, S.ASSIGNED): "placed on a worker",
     (S.QUEUED, S.HELD): "held by an operator",
     (S.QUEUED, S.CANCELLED): "cancelled while queued",

@@ -30,32 +30,73 @@ class Master(Delivery, Views):
         if not isinstance(requests, list) or not requests:
             raise ValidationError("submit needs a non-empty list of tasks")
         with self._change() as now:
-            if len(self.backlog) + len(requests) > self.config.max_queued:
-                raise QueueFullError(
-                    f"queue is full: {len(self.backlog)} queued, limit {self.config.max_queued}; "
-                    f"refused {len(requests)} new task(s)"
-                )
-            tasks = []
-            for index, raw in enumerate(requests):
-                self._last_seq += 1
-                seq = self._last_seq
-                try:
-                    tasks.append(new_task(raw, task_id=f"t{seq}", seq=seq, now=now))
-                except ValidationError as err:
-                    prefix = f"task {index + 1} of {len(requests)}: " if len(requests) > 1 else ""
-                    raise ValidationError(f"{prefix}{err}") from None
-            for task in tasks:
-                self.tasks[task.id] = task
-                self._counts[S.PENDING] += 1
+            return self._submit(requests, now)
+
+    def submit_workflow(self, steps: list[tuple[str, dict[str, Any], list[str], list[str]]]
+                        ) -> tuple[str, list[Task]]:
+        """A workflow's steps (name, request, after, after_any; `after` lists step names, each
+        before it), in one batch: the step names become the task ids the master gives them.
+        Returns the workflow's id (wfN, N the first step's number) and its tasks."""
+        if not steps:
+            raise ValidationError("a workflow needs at least one step")
+        with self._change() as now:
+            first = self._last_seq + 1
+            ids = {name: f"t{first + index}" for index, (name, *_) in enumerate(steps)}
+            requests = [{**request, "after": [ids[n] for n in after], "after_any": [ids[n] for n in any_]}
+                        for _, request, after, any_ in steps]
+            workflow = f"wf{first}"
+            return workflow, self._submit(requests, now, workflow)
+
+    def _submit(self, requests: list[Any], now: float, workflow: str | None = None) -> list[Task]:
+        if len(self.backlog) + len(requests) > self.config.max_queued:
+            raise QueueFullError(
+                f"queue is full: {len(self.backlog)} queued, limit {self.config.max_queued}; "
+                f"refused {len(requests)} new task(s)"
+            )
+        tasks = []
+        first = self._last_seq + 1
+        for index, raw in enumerate(requests):
+            prefix = f"task {index + 1} of {len(requests)}: " if len(requests) > 1 else ""
+            try:
+                task = new_task(raw, task_id=f"t{first + index}", seq=first + index, now=now)
+                self._check_dependencies(task, first)
+            except ValidationError as err:
+                raise ValidationError(f"{prefix}{err}") from None
+            task.workflow = workflow
+            tasks.append(task)
+        self._last_seq = first + len(tasks) - 1
+        for task in tasks:
+            self.tasks[task.id] = task
+            self._counts[S.PENDING] += 1
+            waits = self._wait_for(task) if task.dependencies else []
+            if waits:
+                self._park(task)
+                self._note(task, now, f"submitted; waits for {', '.join(waits)}")
+            else:
                 self._move(task, S.QUEUED, now, "submitted")
-            self._place(now)
+        self._place(now)
         return tasks
+
+    def _check_dependencies(self, task: Task, batch_first: int) -> None:
+        """Each task waited for exists (or comes earlier in this batch), and a task that
+        must complete has not already ended otherwise."""
+        for dep_id in task.dependencies:
+            number = int(dep_id[1:])
+            if batch_first <= number < task.seq:
+                continue  # earlier in this batch
+            if number >= task.seq or dep_id not in self.tasks:
+                raise ValidationError(f"waits for {dep_id}, which is not a task here")
+        if broken := self._broken(task):
+            raise ValidationError(f"waits for {broken.removeprefix('dependency ')}: it can never "
+                                  f"run; nothing was submitted")
 
     def cancel(self, task_id: str) -> Task:
         with self._change() as now:
             task = self.get(task_id)
             if task.state.is_final:
                 raise ValidationError(f"task {task_id} is already {task.state.value}")
+            if task.state is S.PENDING:
+                self._forget_waits(task)
             if task.state.is_active:  # finished when the worker confirms the kill
                 self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
             self._move(task, S.CANCELLED, now, "cancelled by an operator")

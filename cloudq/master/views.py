@@ -40,7 +40,20 @@ class Views(MasterState):
             out["reason"] = f"Retrying in {wait:.1f}s after: {task.last_error}"
         elif task.state is S.RUNNING and task.progress:
             out["reason"] = _progress_line(task.progress)
+        elif task.state is S.PENDING and task.dependencies:
+            out["reason"] = self._waits_line(task)
         return out
+
+    def _waits_line(self, task: Task) -> str:
+        """`waiting for t4 (running on worker-2), t5 (queued)`: what a pending task waits for."""
+        waits = self._wait_for(task)
+        shown = []
+        for dep_id in waits[:5]:
+            dep = self.tasks[dep_id]
+            where = f" on {dep.worker}" if dep.worker and dep.state.is_active else ""
+            shown.append(f"{dep_id} ({dep.state.value}{where})")
+        more = f" and {len(waits) - 5} more" if len(waits) > 5 else ""
+        return f"waiting for {', '.join(shown)}{more}" if waits else "its dependencies have ended"
 
     def never_fits(self, task: Task) -> str | None:
         """Why no registered worker could ever run `task` (see scheduler.never_fits), or None.
