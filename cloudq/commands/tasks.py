@@ -11,6 +11,7 @@ from cloudq.commands.follow import add_follow_argument
 from cloudq.commands.pages import next_page, task_listing
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
+from cloudq.commands.workflows import workflow_result
 from cloudq.core.model import QueueClass, TaskState
 from cloudq.errors import ValidationError
 
@@ -144,14 +145,20 @@ def _id_argument(parser: CommandParser) -> None:
     parser.add_argument("id", help="task id, e.g. t42")
 
 
+def _task_or_workflow(parser: CommandParser) -> None:
+    parser.add_argument("id", help="task id (t42) or workflow id (wf40)")
+
+
 def _show_arguments(parser: CommandParser) -> None:
-    _id_argument(parser)
+    _task_or_workflow(parser)
     add_follow_argument(parser, "then print each change of state as it happens,")
 
 
 @command("show", "Everything about one task, with its last events.", aliases=("info",),
          arguments=_show_arguments)
 def show_command(ctx: Context, args: argparse.Namespace) -> Result:
+    if args.id.startswith("wf"):
+        return workflow_result(ctx.master.workflow_view(args.id))
     task = ctx.master.get(args.id)
     view = ctx.master.view(task)
     view["events"] = [e.to_dict() for e in ctx.master.story(task.id)]
@@ -176,9 +183,15 @@ def why_command(ctx: Context, args: argparse.Namespace) -> Result:
                   rows=rows, status=status, data=answer)
 
 
-@command("cancel", "Cancel a task; a running one is killed on its worker.", arguments=_id_argument,
+@command("cancel", "Cancel a task, or what has not ended of a workflow; a running one is killed on its "
+         "worker.", arguments=_task_or_workflow,
          changes=True)
 def cancel_command(ctx: Context, args: argparse.Namespace) -> Result:
+    if args.id.startswith("wf"):
+        tasks = ctx.master.cancel_workflow(args.id)
+        ids = ", ".join(task.id for task in tasks) or "none: every step had ended"
+        return Result(status=f"workflow {args.id}: cancelled {ids}",
+                      data=[ctx.master.view(task) for task in tasks])
     task = ctx.master.cancel(args.id)
     return Result(status=f"{task.id} cancelled", data=ctx.master.view(task))
 

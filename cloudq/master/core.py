@@ -102,6 +102,26 @@ class Master(Delivery, Views):
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
         return task
 
+    def cancel_workflow(self, workflow: str) -> list[Task]:
+        """Cancels every step of a workflow not yet ended, the last first (so each is
+        cancelled by the operator, not by the step before it)."""
+        with self._change() as now:
+            steps = sorted((t for t in self.tasks.values() if t.workflow == workflow),
+                           key=lambda t: t.seq, reverse=True)
+            if not steps:
+                raise NotFoundError(f"no workflow {workflow!r}")
+            cancelled = []
+            for task in steps:
+                if task.state.is_final:
+                    continue
+                if task.state is S.PENDING:
+                    self._forget_waits(task)
+                if task.state.is_active:
+                    self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+                self._move(task, S.CANCELLED, now, f"workflow {workflow} cancelled by an operator")
+                cancelled.append(task)
+        return cancelled[::-1]
+
     def hold(self, task_id: str) -> Task:
         """Parks a waiting task: it is not placed until `release ID`."""
         with self._change() as now:

@@ -44,6 +44,44 @@ class Views(MasterState):
             out["reason"] = self._waits_line(task)
         return out
 
+    def workflow_view(self, workflow: str) -> dict[str, Any]:
+        """One workflow: its steps in order with their states, and how far it has got."""
+        with self._lock:
+            steps = sorted((t for t in self.tasks.values() if t.workflow == workflow), key=lambda t: t.seq)
+            if not steps:
+                raise NotFoundError(f"no workflow {workflow!r} (or all its steps were forgotten)")
+            return self._workflow(workflow, steps)
+
+    def workflow_views(self) -> list[dict[str, Any]]:
+        """Every workflow the master still holds steps of, oldest first."""
+        with self._lock:
+            groups: dict[str, list[Task]] = {}
+            for task in self.tasks.values():
+                if task.workflow is not None:
+                    groups.setdefault(task.workflow, []).append(task)
+            return [self._workflow(wf, sorted(steps, key=lambda t: t.seq))
+                    for wf, steps in sorted(groups.items(), key=lambda item: int(item[0][2:]))]
+
+    def _workflow(self, workflow: str, steps: list[Task]) -> dict[str, Any]:
+        name, sep, _ = steps[0].name.partition("/")
+        states = [t.state for t in steps]
+        done = states.count(S.COMPLETED)
+        if done == len(steps):
+            state = "completed"
+        elif all(s.is_final for s in states):
+            state = "failed"
+        elif any(s.is_active or s is S.QUEUED or s is S.RETRYING for s in states):
+            state = "running"
+        else:
+            state = "waiting"
+        return {
+            "workflow": workflow, "name": name if sep else None, "state": state, "done": done,
+            "steps": [{"step": t.name.partition("/")[2] if sep else t.name, "id": t.id,
+                       "state": t.state.value, "after": list(t.dependencies), "worker": t.worker,
+                       "reason": self.view(t).get("reason") if not t.state.is_final else t.last_error}
+                      for t in steps],
+        }
+
     def _waits_line(self, task: Task) -> str:
         """`waiting for t4 (running on worker-2), t5 (queued)`: what a pending task waits for."""
         waits = self._wait_for(task)

@@ -21,7 +21,8 @@ def test_the_first_word_completes_commands_aliases_and_shell_commands() -> None:
     for cmd in COMMANDS.values():
         assert cmd.name in everything and set(cmd.aliases) <= set(everything)
     assert "notices" in everything  # the shell's own
-    assert complete_line("wor") == ["workers"]
+    assert complete_line("worke") == ["workers"]
+    assert complete_line("workf") == ["workflow", "workflows"]
     assert complete_line("no") == ["nodes", "notices"]
     assert complete_line("frob") == []
 

@@ -25,7 +25,8 @@ from tests.unit.test_master_core import Clock
 READ_LINES = {
     "queue": "queue --worker w1", "show": "show t1", "why": "why t2", "logs": "logs t1",
     "workers": "workers w1", "locks": "locks", "status": "status", "events": "events t1",
-    "help": "help task", "watch": None,  # the shell runs watch itself; its lines are the above
+    "help": "help task", "workflows": "workflows",
+    "watch": None,  # the shell runs watch itself; its lines are the above
 }
 
 
