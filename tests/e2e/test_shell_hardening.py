@@ -8,17 +8,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cloudq.rpc.client import MasterClient
 from tests.e2e.conftest import PROMPT, TmuxShell
 from tests.e2e.test_shell_tmux import field, submitted_id, task_counts, worker_available
+from tests.unit.test_hostile_lines import random_lines
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,10 +110,10 @@ def _line_after(shell: TmuxShell, start: int, pattern: str, timeout: float) -> s
     return shell.wait(find, timeout, f"a line matching {pattern!r}")
 
 
-def _cooked(shell: TmuxShell) -> bool:
-    """Whether the pane's terminal is back in cooked mode (ISIG on): the prompt has handed the
-    line over, and Ctrl-C now makes a SIGINT instead of a key for the prompt."""
-    fd = os.open(shell._pane_format("#{pane_tty}"), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+def _cooked(shell: TmuxShell, tty: str | None = None) -> bool:
+    """Whether the pane's terminal (`tty`, when known) is back in cooked mode (ISIG on): the
+    prompt has handed the line over, and Ctrl-C now makes a SIGINT instead of a key for it."""
+    fd = os.open(tty or shell._pane_format("#{pane_tty}"), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         return bool(termios.tcgetattr(fd)[3] & termios.ISIG)
     finally:
@@ -230,3 +233,152 @@ def test_a_refused_huge_line_is_short_in_the_error_and_absent_from_history(
     shell.key("Up")  # the previous line recalled is the one that parsed
     shell.wait_line(f"{PROMPT} status")
     shell.key("C-c")
+
+
+
+# ---------------------------------------------------------------- hostile lines at the real prompt
+_QUITS = ("quit", "exit")  # a line that would quit is left out: stopping is what quit is for
+
+
+def _quits(line: str) -> bool:
+    """Whether the shell would take any part of `line` for quit (a CR in it enters what is
+    before it)."""
+    for part in re.split(r"[\r\n]", line):
+        try:
+            words = shlex.split(part)
+        except ValueError:
+            continue
+        if words and words[0] in _QUITS:
+            return True
+    return False
+
+
+def _within(seconds: float, predicate: Callable[[], bool]) -> bool:
+    """Whether `predicate` comes true within `seconds`, looked at every 20 ms."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)  # until the next look
+    return True
+
+
+class _Typist:
+    """Types hostile lines into the real prompt, each followed by Enter, and waits until the
+    shell has handled them: the cursor has moved down past the line and the shell is at an
+    empty prompt with the terminal raw (so a control character typed next is a key for the
+    prompt, never a signal). A mark, the unknown command `markN`, proves that every key sent
+    before it has been read: its error line comes after theirs. It reads the screen only, not
+    the scrollback, which a 1 MB line makes slow to read at every look."""
+
+    LONGEST_TYPED = 500  # characters; a longer line is pasted (typed, 5,000 keys take seconds)
+
+    def __init__(self, shell: TmuxShell) -> None:
+        self.shell = shell
+        self.tty = shell._pane_format("#{pane_tty}")
+        self.marks = 0
+
+    def look(self) -> tuple[int, list[str]]:
+        """The cursor's row counted from the top of the scrollback (Enter moves it down), and
+        the screen's lines down to the cursor's."""
+        history, cursor = self.shell._pane_format("#{history_size} #{cursor_y}").split()
+        text = self.shell._tmux("capture-pane", "-p", "-J", "-E", cursor, "-t", self.shell.session)
+        lines = [line.rstrip() for line in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        return int(history) + int(cursor), lines
+
+    def at_rest(self, after: int = -1) -> bool:
+        """At an empty prompt below row `after`, the terminal raw: all typed has been handled."""
+        row, lines = self.look()
+        if any(line.startswith("Every ") and "any key" in line for line in lines):
+            self.shell.key("q")  # a generated `watch ...` redraws until a key
+            return False
+        return row > after and bool(lines) and lines[-1] == PROMPT and not _cooked(self.shell, self.tty)
+
+    def enter(self, text: str, timeout: float = 20) -> None:
+        """Types `text` (send-keys -l: control characters as they are; pasted when long) and
+        Enter at an empty prompt, and waits until the shell has handled it."""
+        if not _within(timeout, self.at_rest):
+            raise AssertionError(f"no empty prompt; the screen shows:\n{self.screen()}")
+        row, session = self.look()[0], self.shell.session
+        if len(text) > self.LONGEST_TYPED:
+            keys = ["set-buffer", "-b", "hostile", "--", text, ";",
+                    "paste-buffer", "-p", "-d", "-b", "hostile", "-t", session]
+        else:
+            keys = ["send-keys", "-t", session, "-l", "--", text]
+        self.shell._tmux(*keys, ";", "send-keys", "-t", session, "Enter")
+        for wait in (1, 5, timeout):
+            if _within(wait, lambda: self.at_rest(after=row)):
+                return
+            self.shell.key("Enter")  # a key began a mode that Enter leaves first (^R: a search)
+        raise AssertionError(f"the shell did not handle {text[:60]!r}; the screen shows:\n{self.screen()}")
+
+    def mark(self, timeout: float = 30) -> None:
+        """Enters a mark and waits for its error: nothing typed before it is left unread."""
+        self.marks += 1
+        error = f"error: unknown command 'mark{self.marks}'"
+        self.shell.key("C-e", "C-u")  # whatever a line left half typed
+        self.enter(f"mark{self.marks}", timeout)
+        if not _within(timeout, lambda: any(line.startswith(error) for line in self.look()[1])):
+            raise AssertionError(f"no error for mark{self.marks}; the screen shows:\n{self.screen()}")
+
+    def screen(self) -> str:
+        return "\n".join(self.look()[1][-20:])
+
+
+@pytest.mark.timeout(150)
+def test_hostile_lines_typed_at_the_real_prompt_leave_it_answering(
+        start_shell: Callable[..., TmuxShell]) -> None:
+    shell = start_shell(env={"CLOUDQ_PAGER": "off"})  # no output waits in a pager for keys
+    master = psutil.Process(shell.pane_pid)
+    # Nothing generated runs: tasks stay queued, as in the unit test (its master has no worker).
+    drained = ["worker-1 is draining; `release worker-1` undoes it"]
+    shell.run_until("drain worker-1", lambda out: out[:1] == drained, 30, "worker-1 to be drained")
+    typist = _Typist(shell)
+    took: dict[str, float] = {}
+    started = time.monotonic()
+
+    # 1. Every control character but NUL (no argument carries one to tmux), each in a line of
+    #    its own, typed while the prompt reads: ^C drops the line, ^L clears the screen, ^R
+    #    searches the history, ^\ and ^Z are keys, not signals.
+    for code in [*range(1, 0x20), 0x7F]:
+        typist.enter(f"status {chr(code)} x")
+        typist.mark()
+    took["32 control characters"] = time.monotonic() - started
+
+    # 2. Unbalanced quotes and a trailing backslash.
+    for line in ('task --exec "echo unterminated', "'", '"', "status '", "queue --name \"a'b",
+                 "show t1 \\", "'''", '"""'):
+        typist.enter(line)
+    typist.mark()
+
+    # 3. Lines from the unit test's generator (tests/unit/test_hostile_lines.py).
+    lines = [line for line in random_lines(300) if "\x00" not in line and not _quits(line)][:200]
+    for number, line in enumerate(lines, start=1):
+        typist.enter(line)
+        if number % 50 == 0:
+            typist.mark()
+    took[f"{len(lines)} generated lines"] = time.monotonic() - started - sum(took.values())
+
+    # 4. A 1 MB line, pasted (too long for send-keys) as an operator would paste it.
+    huge = "status " + ("x" * 1023 + " ") * 1023 + "end-of-mb"
+    paste = shell.tmp / "huge.txt"
+    paste.write_text(huge)
+    shell.wait(typist.at_rest, 10, "an empty prompt")
+    shell._tmux("load-buffer", str(paste))
+    shell._tmux("paste-buffer", "-p", "-t", shell.session)
+    shell.wait(lambda: (typist.look()[1] or [""])[-1].endswith("end-of-mb"), 30, "the pasted line's end")
+    shell.key("Enter")
+    typist.mark()
+    took[f"a {len(huge):,}-character line"] = time.monotonic() - started - sum(took.values())
+
+    out = shell.run("status")
+    screen = "\n".join(shell.lines(notices=True))
+    print("\n" + ", ".join(f"{what} {seconds:.1f}s" for what, seconds in took.items()))
+    assert out[0] == "cloudq status", "\n".join(out)
+    assert master.is_running() and master.status() != psutil.STATUS_ZOMBIE
+    assert shell.pane_dead() == (False, None)
+    assert "Traceback" not in screen and "Unhandled exception" not in screen, shell.tail()
+    internal = re.compile(r"^error: (internal error|\w+ failed: \w+Error\()", re.MULTILINE)
+    assert not internal.search(screen), [m.group() for m in internal.finditer(screen)]
