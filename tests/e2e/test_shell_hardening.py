@@ -235,7 +235,6 @@ def test_a_refused_huge_line_is_short_in_the_error_and_absent_from_history(
     shell.key("C-c")
 
 
-
 # ---------------------------------------------------------------- hostile lines at the real prompt
 _QUITS = ("quit", "exit")  # a line that would quit is left out: stopping is what quit is for
 
