@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from typing import Any
 
 from cloudq.commands.columns import QUEUE_COLUMNS, cell
@@ -11,8 +12,15 @@ from cloudq.commands.follow import add_follow_argument
 from cloudq.commands.pages import next_page, task_listing
 from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, command, whole_number
 from cloudq.commands.task_syntax import add_task_arguments, parse_submit_line, request_from_args
-from cloudq.commands.workflows import workflow_result
-from cloudq.core.model import QueueClass, TaskState
+from cloudq.commands.workflows import group_result
+from cloudq.core.model import (
+    MAX_ARRAY,
+    QueueClass,
+    TaskState,
+    expand_array,
+    group_kind,
+    is_group_id,
+)
 from cloudq.errors import ValidationError
 
 SUBMIT_COLUMNS = ["id", "name", "state", "worker"]
@@ -25,17 +33,36 @@ def _task_arguments(parser: CommandParser) -> None:
     add_task_arguments(parser)
     parser.add_argument("--dry-run", "-dry-run", "--dry_run", "-dry_run", action="store_true",
                         dest="dry_run", help="say where it would go and why not; submit nothing")
+    parser.add_argument("--count", "-count", type=whole_number(1, MAX_ARRAY), metavar="N",
+                        help="an array of N tasks; {index} (0 to N-1) is put in the command, name "
+                             "and output")
+    parser.add_argument("--max-running", "-max-running", "--max_running", "-max_running",
+                        dest="max_running", type=whole_number(1, MAX_ARRAY), metavar="K",
+                        help="with --count: at most K of the array run at once")
 
 
 @command("task", "Submit one task: a container image, --scenario, --exec or --noop.",
          arguments=_task_arguments, changes=True)
 def task_command(ctx: Context, args: argparse.Namespace) -> Result:
     request = request_from_args(args)
+    if args.max_running is not None and args.count is None:
+        raise ValidationError("--max-running caps an array: give --count N too")
     if args.dry_run:
-        return _dry_run(ctx.master.dry_run(request))
+        return _dry_run(ctx.master.dry_run(expand_array(request, args.count or 1)[0]))
+    if args.count is not None:
+        return _array(ctx, request, args.count, args.max_running)
     (task,) = ctx.master.submit([request])
     view = ctx.master.view(task)
     return Result(status=submit_reply(view), data=view)
+
+
+def _array(ctx: Context, request: dict[str, Any], count: int, max_running: int | None) -> Result:
+    array, tasks = ctx.master.submit_array(request, count, max_running)
+    ids = tasks[0].id if count == 1 else f"{tasks[0].id} to {tasks[-1].id}"
+    cap = f", at most {max_running} running at once" if max_running else ""
+    states = ", ".join(f"{n} {state}" for state, n in Counter(t.state.value for t in tasks).items())
+    return Result(status=f"Array {array}: {count} tasks, {ids}{cap} ({states}). `show {array}` follows it.",
+                  data={"array": array, "tasks": [task.id for task in tasks], "max_running": max_running})
 
 
 def submit_reply(view: dict[str, Any]) -> str:
@@ -146,7 +173,7 @@ def _id_argument(parser: CommandParser) -> None:
 
 
 def _task_or_workflow(parser: CommandParser) -> None:
-    parser.add_argument("id", help="task id (t42) or workflow id (wf40)")
+    parser.add_argument("id", help="task id (t42), workflow id (wf40) or array id (ar30)")
 
 
 def _show_arguments(parser: CommandParser) -> None:
@@ -157,8 +184,8 @@ def _show_arguments(parser: CommandParser) -> None:
 @command("show", "Everything about one task, with its last events.", aliases=("info",),
          arguments=_show_arguments)
 def show_command(ctx: Context, args: argparse.Namespace) -> Result:
-    if args.id.startswith("wf"):
-        return workflow_result(ctx.master.workflow_view(args.id))
+    if is_group_id(args.id):
+        return group_result(ctx.master.group_view(args.id))
     task = ctx.master.get(args.id)
     view = ctx.master.view(task)
     view["events"] = [e.to_dict() for e in ctx.master.story(task.id)]
@@ -183,14 +210,14 @@ def why_command(ctx: Context, args: argparse.Namespace) -> Result:
                   rows=rows, status=status, data=answer)
 
 
-@command("cancel", "Cancel a task, or what has not ended of a workflow; a running one is killed on its "
-         "worker.", arguments=_task_or_workflow,
+@command("cancel", "Cancel a task, or what has not ended of a workflow or array; a running one is "
+         "killed on its worker.", arguments=_task_or_workflow,
          changes=True)
 def cancel_command(ctx: Context, args: argparse.Namespace) -> Result:
-    if args.id.startswith("wf"):
-        tasks = ctx.master.cancel_workflow(args.id)
-        ids = ", ".join(task.id for task in tasks) or "none: every step had ended"
-        return Result(status=f"workflow {args.id}: cancelled {ids}",
+    if is_group_id(args.id):
+        tasks = ctx.master.cancel_group(args.id)
+        ids = ", ".join(task.id for task in tasks[:20]) + (", ..." if len(tasks) > 20 else "")
+        return Result(status=f"{group_kind(args.id)} {args.id}: cancelled {ids or 'nothing: every task had ended'}",
                       data=[ctx.master.view(task) for task in tasks])
     task = ctx.master.cancel(args.id)
     return Result(status=f"{task.id} cancelled", data=ctx.master.view(task))
@@ -223,6 +250,8 @@ def _queue_arguments(parser: CommandParser) -> None:
                         help="only tasks of this queue class")
     parser.add_argument("--owner", "-owner", help="only tasks of this owner")
     parser.add_argument("--name", "-name", help="only tasks whose name matches (a glob: enc-*)")
+    parser.add_argument("--array", "-array", "--workflow", "-workflow", dest="group", metavar="ID",
+                        help="only the tasks of this array (arN) or workflow (wfN)")
     parser.add_argument("--limit", "-limit", type=whole_number(1, MAX_LIMIT), default=200,
                         help=f"at most this many rows (1 to {MAX_LIMIT})")
     # The next page of a long listing (cloudq ctl follows these by itself).
@@ -235,7 +264,8 @@ def _queue_arguments(parser: CommandParser) -> None:
 def queue_command(ctx: Context, args: argparse.Namespace) -> Result:
     if args.cursor is not None:
         return next_page(ctx, args.cursor, args.offset)
-    filters = {"worker": args.worker, "queue": args.queue, "owner": args.owner, "name": args.name}
+    filters = {"worker": args.worker, "queue": args.queue, "owner": args.owner, "name": args.name,
+               "group": args.group}
     ids = ctx.master.listing_ids(args.state, args.limit, **filters)
     total = ctx.master.counts()
     shown = args.state or "unfinished"

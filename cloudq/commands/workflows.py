@@ -22,7 +22,6 @@ then every step goes in one batch, one journal write, each step after those it w
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from typing import Any
 
 import yaml
@@ -175,14 +174,20 @@ def workflow_command(ctx: Context, args: argparse.Namespace) -> Result:
                   data={"workflow": workflow, "name": name, "steps": ids})
 
 
-def workflow_result(view: dict[str, Any]) -> Result:
-    """`show wfN`: each step with its state and what it waits for."""
+def group_result(view: dict[str, Any]) -> Result:
+    """`show wfN` / `show arN`: each task with its state (and, in a workflow, what it waits
+    for), under a line of how far the whole has got."""
+    counts = ", ".join(f"{n} {state}" for state, n in view["counts"].items())
+    title = (f"{view['kind'].capitalize()} {view['group']}: {view['done']}/{len(view['steps'])} done "
+             f"({counts}); {view['state']}")
+    if view["kind"] == "array":
+        rows = [[s["id"], s["step"], s["state"], s["worker"] or "", s["reason"] or ""] for s in view["steps"]]
+        return Result(title=title, headers=["task", "name", "state", "worker", "reason"], rows=rows,
+                      data=view)
     rows = [[s["step"], s["id"], s["state"], ", ".join(s["after"]) or "-", s["worker"] or "",
              s["reason"] or ""] for s in view["steps"]]
-    counts = ", ".join(f"{n} {state}" for state, n in Counter(s["state"] for s in view["steps"]).items())
-    return Result(title=f"Workflow {view['workflow']}: {view['done']}/{len(view['steps'])} done "
-                        f"({counts}); {view['state']}",
-                  headers=["step", "task", "state", "after", "worker", "reason"], rows=rows, data=view)
+    return Result(title=title, headers=["step", "task", "state", "after", "worker", "reason"], rows=rows,
+                  data=view)
 
 
 def _workflows_arguments(parser: CommandParser) -> None:
@@ -192,7 +197,7 @@ def _workflows_arguments(parser: CommandParser) -> None:
 @command("workflows", "Workflows, newest last, with their progress (steps done/total) and state.",
          arguments=_workflows_arguments)
 def workflows_command(ctx: Context, args: argparse.Namespace) -> Result:
-    views = ctx.master.workflow_views()[-max(args.limit, 1):]
-    rows = [[v["workflow"], v["name"] or "", f"{v['done']}/{len(v['steps'])}", v["state"]] for v in views]
+    views = ctx.master.group_views("workflow")[-max(args.limit, 1):]
+    rows = [[v["group"], v["name"] or "", f"{v['done']}/{len(v['steps'])}", v["state"]] for v in views]
     return Result(title=f"{len(rows)} workflows", headers=["workflow", "name", "done", "state"],
                   rows=rows, data=[{k: v for k, v in view.items() if k != "steps"} for view in views])

@@ -215,7 +215,7 @@ class Task:
     after: tuple[str, ...] = ()  # tasks that must complete before this one is queued
     after_any: tuple[str, ...] = ()  # tasks that must end, in any way, before it is queued
     # --- bookkeeping, owned by the master ---
-    workflow: str | None = None  # the workflow it is a step of (wfN), set at submit
+    group: str | None = None  # the workflow (wfN) or array (arN) it belongs to, set at submit
     state: TaskState = TaskState.PENDING
     seq: int = 0  # submission order: FIFO within queue class and priority
     attempt: int = 0  # fencing token: bumped on every assignment
@@ -258,7 +258,7 @@ class Task:
             "max_retries": self.max_retries, "retry_backoff_s": self.retry_backoff_s,
             "timeout_s": self.timeout_s, "ttl_s": self.ttl_s, "seq": self.seq,
             "created_at": self.created_at, "after": list(self.after), "after_any": list(self.after_any),
-            "workflow": self.workflow,
+            "group": self.group,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -361,6 +361,40 @@ def parse_task_ids(what: str, raw: Any) -> tuple[str, ...]:
         if not isinstance(task_id, str) or not _TASK_ID_RE.match(task_id):
             raise ValidationError(f"{what}: {task_id!r:.40} is not a task id (t1, t2, ...)")
     return tuple(dict.fromkeys(raw))
+
+
+MAX_ARRAY = 100_000  # tasks in one array
+GROUP_PREFIX = {"workflow": "wf", "array": "ar"}  # a group's id is its prefix and first task's number
+
+
+def group_kind(group: str) -> str:
+    """`workflow` for wfN, `array` for arN."""
+    return "workflow" if group.startswith("wf") else "array"
+
+
+def is_group_id(text: str) -> bool:
+    return text[:2] in ("wf", "ar") and text[2:].isdigit()
+INDEX = "{index}"
+
+
+def expand_array(request: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """`count` copies of a request, with {index} (0 to count-1) put in every string of its
+    spec and in its name: the command, the output path, the input."""
+    if not 1 <= count <= MAX_ARRAY:
+        raise ValidationError(f"--count must be from 1 to {MAX_ARRAY}, not {count}")
+
+    def put(value: Any, index: str) -> Any:
+        if isinstance(value, str):
+            return value.replace(INDEX, index)
+        if isinstance(value, list):
+            return [put(item, index) for item in value]
+        if isinstance(value, dict):
+            return {key: put(item, index) for key, item in value.items()}
+        return value
+
+    return [{**request, "spec": put(request.get("spec") or {}, str(i)),
+             **({"name": put(request["name"], str(i))} if request.get("name") else {})}
+            for i in range(count)]
 
 
 def parse_labels(raw: Any) -> dict[str, str]:

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudq.core.model import Priority, QueueClass, Task, TaskState, choice, new_task
+from cloudq.core.model import (
+    MAX_ARRAY,
+    Priority,
+    QueueClass,
+    Task,
+    TaskState,
+    choice,
+    expand_array,
+    group_kind,
+    new_task,
+)
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.delivery import Delivery
 from cloudq.master.state import Hooks, MasterConfig, awaiting_kill
@@ -47,7 +57,24 @@ class Master(Delivery, Views):
             workflow = f"wf{first}"
             return workflow, self._submit(requests, now, workflow)
 
-    def _submit(self, requests: list[Any], now: float, workflow: str | None = None) -> list[Task]:
+    def submit_array(self, request: dict[str, Any], count: int, max_running: int | None = None
+                     ) -> tuple[str, list[Task]]:
+        """`count` copies of a task ({index} put in its spec and name) in one batch, as array
+        arN; with `max_running`, at most that many of them run at once (a lock of the array's
+        own, so they wait for each other as for any lock, and say so)."""
+        if max_running is not None and not 1 <= max_running <= MAX_ARRAY:
+            raise ValidationError(f"--max-running must be from 1 to {MAX_ARRAY}, not {max_running}")
+        if not isinstance(request, dict):
+            raise ValidationError("an array needs a task")
+        requests = expand_array(request, count)
+        with self._change() as now:
+            array = f"ar{self._last_seq + 1}"
+            if max_running is not None:
+                lock = {"name": f"array:{array}", "holders": max_running}
+                requests = [{**r, "locks": [*(r.get("locks") or []), lock]} for r in requests]
+            return array, self._submit(requests, now, array)
+
+    def _submit(self, requests: list[Any], now: float, group: str | None = None) -> list[Task]:
         if len(self.backlog) + len(requests) > self.config.max_queued:
             raise QueueFullError(
                 f"queue is full: {len(self.backlog)} queued, limit {self.config.max_queued}; "
@@ -62,7 +89,7 @@ class Master(Delivery, Views):
                 self._check_dependencies(task, first)
             except ValidationError as err:
                 raise ValidationError(f"{prefix}{err}") from None
-            task.workflow = workflow
+            task.group = group
             tasks.append(task)
         self._last_seq = first + len(tasks) - 1
         for task in tasks:
@@ -102,14 +129,14 @@ class Master(Delivery, Views):
             self._move(task, S.CANCELLED, now, "cancelled by an operator")
         return task
 
-    def cancel_workflow(self, workflow: str) -> list[Task]:
-        """Cancels every step of a workflow not yet ended, the last first (so each is
-        cancelled by the operator, not by the step before it)."""
+    def cancel_group(self, group: str) -> list[Task]:
+        """Cancels every task of a workflow or array not yet ended, the last first (so each
+        is cancelled by the operator, not by a step before it)."""
         with self._change() as now:
-            steps = sorted((t for t in self.tasks.values() if t.workflow == workflow),
+            steps = sorted((t for t in self.tasks.values() if t.group == group),
                            key=lambda t: t.seq, reverse=True)
             if not steps:
-                raise NotFoundError(f"no workflow {workflow!r}")
+                raise NotFoundError(f"no workflow or array {group!r}")
             cancelled = []
             for task in steps:
                 if task.state.is_final:
@@ -118,7 +145,7 @@ class Master(Delivery, Views):
                     self._forget_waits(task)
                 if task.state.is_active:
                     self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-                self._move(task, S.CANCELLED, now, f"workflow {workflow} cancelled by an operator")
+                self._move(task, S.CANCELLED, now, f"{group_kind(group)} {group} cancelled by an operator")
                 cancelled.append(task)
         return cancelled[::-1]
 

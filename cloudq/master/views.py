@@ -4,11 +4,12 @@ events and counts."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
-from cloudq.core.model import Priority, Task, TaskState, new_task
+from cloudq.core.model import GROUP_PREFIX, Priority, Task, TaskState, group_kind, new_task
 from cloudq.core.scheduler import explain, misfit, never_fits, summarise
 from cloudq.core.transitions import Event
 from cloudq.errors import NotFoundError
@@ -44,25 +45,26 @@ class Views(MasterState):
             out["reason"] = self._waits_line(task)
         return out
 
-    def workflow_view(self, workflow: str) -> dict[str, Any]:
-        """One workflow: its steps in order with their states, and how far it has got."""
+    def group_view(self, group: str) -> dict[str, Any]:
+        """One workflow or array: its tasks in order with their states, and how far it got."""
         with self._lock:
-            steps = sorted((t for t in self.tasks.values() if t.workflow == workflow), key=lambda t: t.seq)
+            steps = sorted((t for t in self.tasks.values() if t.group == group), key=lambda t: t.seq)
             if not steps:
-                raise NotFoundError(f"no workflow {workflow!r} (or all its steps were forgotten)")
-            return self._workflow(workflow, steps)
+                raise NotFoundError(f"no {group_kind(group)} {group!r} (or all its tasks were forgotten)")
+            return self._group(group, steps)
 
-    def workflow_views(self) -> list[dict[str, Any]]:
-        """Every workflow the master still holds steps of, oldest first."""
+    def group_views(self, kind: str) -> list[dict[str, Any]]:
+        """Every workflow (or array) the master still holds tasks of, oldest first."""
+        prefix = GROUP_PREFIX[kind]
         with self._lock:
             groups: dict[str, list[Task]] = {}
             for task in self.tasks.values():
-                if task.workflow is not None:
-                    groups.setdefault(task.workflow, []).append(task)
-            return [self._workflow(wf, sorted(steps, key=lambda t: t.seq))
-                    for wf, steps in sorted(groups.items(), key=lambda item: int(item[0][2:]))]
+                if task.group is not None and task.group.startswith(prefix):
+                    groups.setdefault(task.group, []).append(task)
+            return [self._group(group, sorted(steps, key=lambda t: t.seq))
+                    for group, steps in sorted(groups.items(), key=lambda item: int(item[0][2:]))]
 
-    def _workflow(self, workflow: str, steps: list[Task]) -> dict[str, Any]:
+    def _group(self, group: str, steps: list[Task]) -> dict[str, Any]:
         name, sep, _ = steps[0].name.partition("/")
         states = [t.state for t in steps]
         done = states.count(S.COMPLETED)
@@ -75,7 +77,8 @@ class Views(MasterState):
         else:
             state = "waiting"
         return {
-            "workflow": workflow, "name": name if sep else None, "state": state, "done": done,
+            "group": group, "kind": group_kind(group), "name": name if sep else None,
+            "state": state, "done": done, "counts": dict(Counter(s.value for s in states)),
             "steps": [{"step": t.name.partition("/")[2] if sep else t.name, "id": t.id,
                        "state": t.state.value, "after": list(t.dependencies), "worker": t.worker,
                        "reason": self.view(t).get("reason") if not t.state.is_final else t.last_error}
@@ -204,12 +207,13 @@ class Views(MasterState):
             return [self.view(self.tasks[i]) for i in self.listing_ids(state, limit, **filters)]
 
     def listing_ids(self, state: str | None = None, limit: int = 200, *, worker: str | None = None,
-                    queue: str | None = None, owner: str | None = None, name: str | None = None
-                    ) -> list[str]:
+                    queue: str | None = None, owner: str | None = None, name: str | None = None,
+                    group: str | None = None) -> list[str]:
         """The ids `listing` would show, in its order: cheap, so a long listing read in pages
         builds each view only when its page is sent, not all of them under the lock. Filters:
-        `worker` (where it runs or is pinned to), `queue` class, `owner`, `name` (a glob)."""
-        keep = _filter(worker, queue, owner, name)
+        `worker` (where it runs or is pinned to), `queue` class, `owner`, `name` (a glob),
+        `group` (a workflow or array id)."""
+        keep = _filter(worker, queue, owner, name, group)
         with self._lock:
             if state == S.QUEUED.value:
                 return list(itertools.islice(self._queued_ids(keep), limit))
@@ -415,16 +419,17 @@ def _everything(task: Task) -> bool:
 
 
 def _filter(worker: str | None, queue: str | None, owner: str | None,
-            name: str | None) -> Callable[[Task], bool]:
+            name: str | None, group: str | None = None) -> Callable[[Task], bool]:
     """One predicate for the listing's filters; every filter given must match."""
-    if worker is None and queue is None and owner is None and name is None:
+    if worker is None and queue is None and owner is None and name is None and group is None:
         return _everything
 
     def keep(task: Task) -> bool:
         return ((worker is None or worker in (task.worker, task.target_worker))
                 and (queue is None or task.queue == queue)
                 and (owner is None or task.owner == owner)
-                and (name is None or fnmatchcase(task.name, name)))
+                and (name is None or fnmatchcase(task.name, name))
+                and (group is None or task.group == group))
     return keep
 
 

@@ -50,7 +50,7 @@ def test_steps_run_in_order_and_a_failing_middle_step_cancels_the_last(cluster, 
     third = master.task(bad["third"])
     assert (master.task(bad["second"])["state"], third["state"]) == ("dead", "cancelled")
     assert third["last_error"] == f"dependency {bad['second']} dead" and third["started_at"] is None
-    listed = {w["workflow"]: (w["done"], w["state"]) for w in master.ctl("workflows")}
+    listed = {w["group"]: (w["done"], w["state"]) for w in master.ctl("workflows")}
     print(f"\nworkflows: {listed}")
     assert sorted(listed.values()) == [(1, "failed"), (3, "completed")]
 
