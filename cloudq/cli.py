@@ -60,6 +60,13 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds an offline worker with no tasks is kept in `workers` (0: forever)")
     p.add_argument("--start-deadline", type=float, default=defaults.START_DEADLINE_S,
                    help="seconds an assigned task may wait for its worker to start it")
+    p.add_argument("--stall-timeout", type=float, default=defaults.STALL_TIMEOUT_S, metavar="S",
+                   help="kill and retry a transcode whose progress stood still this long (0: never)")
+    p.add_argument("--max-run", default="", metavar="CLASS=S,...",
+                   help="longest run of a task without its own --timeout, by queue class, "
+                        "e.g. live=1800,batch=86400")
+    p.add_argument("--unschedulable-ttl", type=float, default=0.0, metavar="S",
+                   help="fail a queued task no registered worker could ever run after S (0: never)")
     p.add_argument("--audit-log", type=Path, metavar="FILE",
                    help="append every event to FILE as JSON lines, once durable (rotated by size)")
     p.add_argument("--audit-log-max-mb", type=float, default=defaults.AUDIT_LOG_MAX_MB,
@@ -172,13 +179,16 @@ def _master(args: argparse.Namespace) -> int:
         max_queued=args.max_queued, strategy=args.strategy, aging_s=args.aging,
         quarantine_after=args.quarantine_after, keep_finished_s=args.keep_finished,
         max_workers=args.max_workers, forget_offline_s=args.forget_offline,
-        start_deadline_s=args.start_deadline,
+        start_deadline_s=args.start_deadline, stall_timeout_s=args.stall_timeout,
+        max_run_s=_max_run(args.max_run), unschedulable_ttl_s=args.unschedulable_ttl,
     )
     for flag, value in (("--max-connections", args.max_connections),
                         ("--max-connections-per-peer", args.max_connections_per_peer),
                         ("--max-workers", args.max_workers)):
         if value < 1:
             raise CloudqError(f"{flag} must be at least 1")
+    if args.stall_timeout < 0 or args.unschedulable_ttl < 0:
+        raise CloudqError("--stall-timeout and --unschedulable-ttl must be 0 (off) or more seconds")
     if not args.audit_log_max_mb > 0:
         raise CloudqError("--audit-log-max-mb must be a size in MB above 0")
     if args.max_connections <= defaults.ADMIN_RESERVED_CONNECTIONS:
@@ -192,6 +202,24 @@ def _master(args: argparse.Namespace) -> int:
         worker_args=tuple(shlex.split(args.local_worker_args)),
         audit_log=args.audit_log, audit_log_max_mb=args.audit_log_max_mb,
     ))
+
+
+def _max_run(text: str) -> dict[str, float]:
+    """--max-run live=1800,batch=86400: seconds by queue class."""
+    from cloudq.core.model import QueueClass
+
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or name not in {q.value for q in QueueClass} or not seconds > 0:
+            raise CloudqError(f"--max-run {item!r}: give CLASS=SECONDS, CLASS one of live, default, "
+                              f"batch, and seconds above 0")
+        out[name] = seconds
+    return out
 
 
 def _worker(args: argparse.Namespace) -> int:

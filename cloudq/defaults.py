@@ -35,6 +35,7 @@ MAX_WORKERS = 4096  # registered workers at most; a new one first displaces the 
 FORGET_OFFLINE_S = 24 * 3600.0  # an offline worker holding no task is forgotten after this; 0 = never
 MAX_WORKERS_PER_CONNECTION = 4  # distinct worker names one connection may register
 START_DEADLINE_S = 60.0  # an assigned task its worker has not started by then goes back to the queue
+STALL_TIMEOUT_S = 600.0  # a transcode whose progress has not moved this long is killed and retried
 QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is quarantined
 
 # --- workers and leases --------------------------------------------------------------------

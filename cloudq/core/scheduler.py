@@ -146,6 +146,11 @@ class Backlog:
     def shape_of(self, task_id: str) -> Shape | None:
         return self._shape_of.get(task_id)
 
+    def ids_of(self, shape: Shape) -> list[str]:
+        """The queued tasks of one shape (any order)."""
+        group = self._groups.get(shape)
+        return list(group) if group is not None else []
+
     def shapes(self) -> int:
         return len(self._groups)
 

@@ -10,6 +10,7 @@ from typing import Any
 from cloudq import defaults
 from cloudq.core.ledger import Ledger
 from cloudq.core.model import Task, TaskState
+from cloudq.core.scheduler import never_fits
 from cloudq.core.transitions import Event
 from cloudq.errors import LimitError, ValidationError
 from cloudq.master.reports import Report, parse_report
@@ -173,9 +174,14 @@ class Delivery(MasterState):
         if task.state is S.ASSIGNED and report.state is not None:  # running, or already ended
             task.started_at = report.started_at or now
             self._move(task, S.RUNNING, now, f"started on {record.name}")
+            self._progressed[task.id] = now
         if report.progress is not None:
+            if report.progress != task.progress:
+                self._progressed[task.id] = now
             task.progress = report.progress
         if report.log_tail is not None:
+            if report.log_tail != self.live_logs.get(task.id):
+                self._progressed[task.id] = now
             self.live_logs[task.id] = report.log_tail
         if report.is_outcome:
             self._finish(record, task, report, now)
@@ -219,6 +225,7 @@ class Delivery(MasterState):
                 elif now - (task.queued_at or now) > (task.ttl_s or 0):
                     self._expiring.discard(task_id)
                     self._expire_queued(task, now)
+            self._expire_unschedulable(now)
             self._prune(now)
             self._forget_offline(now)
             self._place(now, count_attempts=True)
@@ -259,8 +266,11 @@ class Delivery(MasterState):
                 self._timer_failed.add(item.id)
 
     def _deadlines(self, task: Task, now: float) -> None:
-        if task.state is S.RUNNING and _overdue(task, now):
+        if task.state is S.RUNNING and self._overdue(task, now):
             self._time_out(task, now)
+        elif task.state is S.RUNNING and (stall := self.stall_limit(task)) and \
+                now - self._progressed.setdefault(task.id, now) > stall:
+            self._stalled(task, stall, now)
         elif task.state is S.ASSIGNED and now - task.updated_at > self.config.start_deadline_s:
             self._not_started(task, now)
 
@@ -283,10 +293,45 @@ class Delivery(MasterState):
         task.last_error = f"expired after waiting {task.ttl_s:g}s in the queue"
         self._move(task, S.FAILED, now, task.last_error)
 
+    def _overdue(self, task: Task, now: float) -> bool:
+        """The worker kills a task at its time limit; this catches a worker that did not."""
+        limit = self.run_limit(task)
+        if not limit or not task.started_at:
+            return False
+        return now - task.started_at > limit + defaults.TIMEOUT_GRACE_S
+
     def _time_out(self, task: Task, now: float) -> None:
         self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-        task.last_error = f"ran past its timeout of {task.timeout_s:g}s"
+        limit = self.run_limit(task) or 0.0
+        own = "timeout" if task.timeout_s else f"{task.queue.value} class's --max-run"
+        task.last_error = f"ran past its {own} of {limit:g}s"
         self._retry_or_bury(task, now, task.last_error, "timed_out")
+
+    def _stalled(self, task: Task, limit: float, now: float) -> None:
+        """Running, but its progress has not moved for `limit` seconds: a hung encoder (a
+        stalled input pipe, a wedged GPU). Killed on its worker and retried."""
+        self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+        task.last_error = f"stalled: no progress for {limit:g} s"
+        self._progressed.pop(task.id, None)
+        self._retry_or_bury(task, now, task.last_error, "stalled")
+
+    def _expire_unschedulable(self, now: float) -> None:
+        """--unschedulable-ttl: queued tasks that no registered worker could ever run fail once
+        they have waited that long (one check per shape, not per task)."""
+        ttl = self.config.unschedulable_ttl_s
+        ledgers = [w.ledger for w in self.workers.values() if w.registered_at]
+        if ttl <= 0 or not ledgers:
+            return  # with no worker at all, nothing is known to be too big yet
+        for _, shape in self.backlog.heads():
+            head = self.tasks[self.backlog.head_of(shape)]  # type: ignore[index]
+            why = never_fits(head, ledgers, self._required(head))
+            if why is None:
+                continue
+            for task_id in self.backlog.ids_of(shape):
+                task = self.tasks[task_id]
+                if now - (task.queued_at or now) > ttl:
+                    task.last_error = f"unschedulable for {ttl:g}s: {why}"
+                    self._move(task, S.FAILED, now, task.last_error)
 
     def _expire(self, record: WorkerRecord, now: float) -> None:
         record.connected = False
@@ -319,13 +364,6 @@ def _checked(worker: str, reports: list[Any], now: float) -> tuple[list[Report],
 def _forgettable(record: WorkerRecord) -> bool:
     """Offline, holding no task, and carrying no operator's decision."""
     return not (record.connected or record.ledger.bookings or record.quarantined or record.draining)
-
-
-def _overdue(task: Task, now: float) -> bool:
-    """The worker kills a task at its timeout; this catches a worker that did not."""
-    if not task.timeout_s or not task.started_at:
-        return False
-    return now - task.started_at > task.timeout_s + defaults.TIMEOUT_GRACE_S
 
 
 def _pairs(running: list[Any]) -> dict[str, int]:

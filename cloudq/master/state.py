@@ -43,6 +43,7 @@ log = logging.getLogger("cloudq.master")
 S = TaskState
 _RETRYING = S.RETRYING  # module constants: _move runs for every change of every task
 _QUEUED = S.QUEUED
+_RUNNING_STATE = S.RUNNING
 
 
 @dataclass
@@ -59,6 +60,10 @@ class MasterConfig:
     max_workers: int = defaults.MAX_WORKERS
     forget_offline_s: float = defaults.FORGET_OFFLINE_S
     start_deadline_s: float = defaults.START_DEADLINE_S
+    # A transcode whose progress has not moved this long is killed and retried (0: never).
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S
+    max_run_s: dict[str, float] = field(default_factory=dict)  # by queue class: run time at most
+    unschedulable_ttl_s: float = 0.0  # a queued task no worker could ever run fails after (0: never)
 
 
 @dataclass
@@ -74,7 +79,8 @@ class Hooks:
 # Why a task is retried, as on_retry tells it: its run failed, ran past its timeout, or was
 # cancelled by its worker; its worker failed it (a worker fault), was lost (lease, restart),
 # or never started it.
-RETRY_CAUSES = ("failed", "timed_out", "cancelled", "worker_fault", "worker_lost", "not_started")
+RETRY_CAUSES = ("failed", "timed_out", "cancelled", "worker_fault", "worker_lost", "not_started",
+                "stalled")
 
 
 class MasterState:
@@ -120,6 +126,7 @@ class MasterState:
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._blocked_told: dict[str, tuple[str, tuple[str, ...]]] = {}  # lock waits in events
         self._dependents: dict[str, set[str]] = {}  # task id -> pending tasks waiting for it
+        self._progressed: dict[str, float] = {}  # running task id -> when its progress last moved
         self._ended: list[Task] = []  # tasks just ended whose dependents are to be looked at
         self._resolving = False
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
@@ -284,9 +291,19 @@ class MasterState:
     def _assignment(self, task: Task, gpu_indices: tuple[int, ...]) -> dict[str, Any]:
         return {
             "id": task.id, "attempt": task.attempt, "kind": task.kind, "spec": task.spec,
-            "resources": task.resources.to_dict(), "timeout_s": task.timeout_s,
+            "resources": task.resources.to_dict(), "timeout_s": self.run_limit(task),
             "gpu_indices": list(gpu_indices), "name": task.name,
         }
+
+    def run_limit(self, task: Task) -> float | None:
+        """How long it may run: its own timeout, else its queue class's --max-run."""
+        return task.timeout_s or self.config.max_run_s.get(task.queue.value)
+
+    def stall_limit(self, task: Task) -> float | None:
+        """How long its progress may stand still: transcodes only (--stall-timeout)."""
+        if task.kind != "ffmpeg" or self.config.stall_timeout_s <= 0:
+            return None
+        return self.config.stall_timeout_s
 
     def _absent(self, name: str) -> str:
         """Why a task's target worker takes nothing now, naming it: the reason the task waits."""
@@ -372,6 +389,8 @@ class MasterState:
         effects = EFFECTS[(src, dst)]
         if effects.dequeue:
             self.backlog.remove(task.id)  # a placed task was already popped: a cheap miss
+        if src is _RUNNING_STATE:
+            self._progressed.pop(task.id, None)
         if src is _QUEUED:
             self._waiting[task.queue].pop(task.id, None)
             self._queued_by_priority[task.priority] -= 1
