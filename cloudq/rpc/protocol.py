@@ -86,6 +86,45 @@ class Budget:
 INFLATE_BUDGET = Budget(INFLATE_BUDGET_BYTES)
 
 
+class WireBytes:
+    """Bytes this process's RPC channels have received and sent, frame headers included, as
+    they crossed the wire (compressed): counts that only grow, read by the metrics endpoints.
+
+    Each channel counts into a tally of its own, [received, sent], with no lock: rpyc lets
+    one thread at a time send on a connection, and one receive. A tally is registered here
+    when its channel opens and folded into the closed channels' totals when it closes, so a
+    frame costs two list updates, and a scrape a sum over the open channels."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, list[int]] = {}  # by id of the tally
+        self._closed = [0, 0]
+        self._lock = threading.Lock()
+
+    def tally(self) -> list[int]:
+        """A new channel's [received, sent]."""
+        counts = [0, 0]
+        with self._lock:
+            self._open[id(counts)] = counts
+        return counts
+
+    def closed(self, counts: list[int]) -> None:
+        with self._lock:
+            if self._open.pop(id(counts), None) is not None:
+                self._closed[0] += counts[0]
+                self._closed[1] += counts[1]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            received, sent = self._closed
+            for tally in self._open.values():
+                received += tally[0]
+                sent += tally[1]
+        return {"received": received, "sent": sent}
+
+
+WIRE_BYTES = WireBytes()
+
+
 class BoundedChannel(Channel):
     """An RPyC channel that refuses frames over `max_frame` bytes, compressed or not, so a peer
     cannot make us allocate gigabytes with a few bytes (a zlib bomb or a huge length).
@@ -98,13 +137,20 @@ class BoundedChannel(Channel):
     budget: Budget | None = None  # the server sets INFLATE_BUDGET; clients trust their master
     _held = 0
 
+    def __init__(self, stream: Any, compress: bool = True) -> None:
+        super().__init__(stream, compress)
+        self._wire = WIRE_BYTES.tally()
+
     def recv(self) -> bytes:
         self.release()
         header = self.stream.read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
         if length > self.max_frame:
+            self._wire[0] += len(header)
             raise FrameTooLarge(f"frame of {length} bytes refused (limit {self.max_frame})")
-        data = self.stream.read(length + len(self.FLUSHER))[: -len(self.FLUSHER)]
+        data = self.stream.read(length + len(self.FLUSHER))
+        self._wire[0] += len(header) + len(data)
+        data = data[: -len(self.FLUSHER)]
         if not compressed:
             return data
         inflater = zlib.decompressobj()
@@ -123,6 +169,23 @@ class BoundedChannel(Channel):
             raise FrameTooLarge(f"compressed frame inflates past {self.max_frame} bytes; refused")
         return b"".join(parts)
 
+    def send(self, data: bytes) -> None:
+        """rpyc's Channel.send, counting the bytes of the frame as it goes out."""
+        compressed = 0
+        if self.compress and len(data) > self.COMPRESSION_THRESHOLD:
+            compressed = 1
+            data = zlib.compress(data, self.COMPRESSION_LEVEL)
+        header = self.FRAME_HEADER.pack(len(data), compressed)
+        size = len(header) + len(data) + len(self.FLUSHER)
+        if size <= self.stream.MAX_IO_CHUNK:
+            self.stream.write(header + data + self.FLUSHER)  # one write for the usual small frame
+        else:
+            first = self.stream.MAX_IO_CHUNK - len(header)
+            self.stream.write(header + data[:first])
+            self.stream.write(data[first:])
+            self.stream.write(self.FLUSHER)
+        self._wire[1] += size
+
     def release(self) -> None:
         """Gives back the budget the last frame took."""
         if self._held and self.budget is not None:
@@ -131,6 +194,7 @@ class BoundedChannel(Channel):
 
     def close(self) -> None:
         self.release()
+        WIRE_BYTES.closed(self._wire)
         super().close()
 
 
