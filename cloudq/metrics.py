@@ -2,7 +2,10 @@
 master when scraped (Views.figures, one hold of its lock, O(workers + shapes + locks)), and
 counters and histograms are kept here by the core's hooks (every task move, every retry, every
 placement pass, every group commit of the journal), so they only ever grow: a finished task
-the master forgets later (--keep-finished) takes nothing away from them.
+the master forgets later (--keep-finished) takes nothing away from them. Transcodes are counted
+from the same moves, with what the FFmpeg result says (speed, output size); GPU energy from the
+running totals workers send with each heartbeat (each integrates its GPUs' power samples over
+the time between them); RPC bytes from the channel's count (protocol.WIRE_BYTES).
 
 Counters and histograms are plain numbers, not prometheus_client objects: the hooks run under
 the master's lock on every move, and an increment there costs a dict lookup, no lock and no
@@ -30,7 +33,9 @@ from prometheus_client.utils import floatToGoString
 from cloudq.core.model import TASK_KINDS, QueueClass, TaskState
 from cloudq.core.transitions import Event
 from cloudq.master.state import RETRY_CAUSES
+from cloudq.rpc.protocol import WIRE_BYTES, WireBytes
 from cloudq.rpc.server import REJECTION_REASONS
+from cloudq.specs.scenarios import parse_scenario
 
 log = logging.getLogger("cloudq.metrics")
 
@@ -47,6 +52,9 @@ RUN_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.
                14400.0, 43200.0, 86400.0)
 PASS_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.02, 0.1, 0.5, 2.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Encode speed, in times real time (2.0: a minute of media in 30 s).
+SPEED_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+ENGINES = ("cpu", "nvenc")
 
 
 class Buckets:
@@ -80,9 +88,11 @@ class Rejected(Protocol):
 class MasterMetrics(Collector):
     """Counts what happens (from the hooks) and reads what is (from the master) at a scrape."""
 
-    def __init__(self, master: Any, rejections: Rejected | None = None) -> None:
+    def __init__(self, master: Any, rejections: Rejected | None = None,
+                 wire: WireBytes = WIRE_BYTES) -> None:
         self.master = master
         self.rejections = rejections
+        self.wire = wire
         self.submitted: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.finished: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for kind in TASK_KINDS:  # every series from the start, so rate() has a zero to begin at
@@ -94,6 +104,16 @@ class MasterMetrics(Collector):
         self.run = {kind: Buckets(RUN_BUCKETS) for kind in TASK_KINDS}
         self.passes = Buckets(PASS_BUCKETS)
         self.commits = Buckets(COMMIT_BUCKETS)
+        # Transcodes: finishes by (engine, scenario), speed by engine, bytes of output.
+        self.transcodes: defaultdict[tuple[str, str], Counter[str]] = defaultdict(
+            lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
+        self.speed = {engine: Buckets(SPEED_BUCKETS) for engine in ENGINES}
+        self.output_bytes = 0
+        self._engines: dict[str, str] = {}  # by scenario name
+        # GPU energy by worker: what was counted, and the worker's own running total when last
+        # read (it starts again from zero when the worker restarts).
+        self.energy: dict[str, float] = {}
+        self._energy_seen: dict[str, dict[Any, float]] = {}  # by worker, by GPU index
 
     def attach(self) -> MasterMetrics:
         hooks = self.master.hooks
@@ -137,6 +157,27 @@ class MasterMetrics(Collector):
                 if dst is _FAILED and src is _QUEUED:  # the only way to failed: its TTL ran out
                     outcome = "expired"
                 self.finished[task.kind][outcome] += 1
+                if task.kind == "ffmpeg":
+                    self._transcoded(task, outcome)
+
+    def _transcoded(self, task: Any, outcome: str) -> None:
+        """A transcode that reached a final state; a completed one adds its speed and size as
+        its FFmpeg result gives them (a worker's numbers: only finite, non-negative ones)."""
+        scenario = str(task.spec.get("scenario"))
+        engine = self._engines.get(scenario)
+        if engine is None:
+            engine = "nvenc" if parse_scenario(scenario).codec.gpu else "cpu"
+            self._engines[scenario] = engine
+        self.transcodes[engine, scenario][outcome] += 1
+        if outcome != "completed":
+            return
+        output = (task.result or {}).get("output")
+        if not isinstance(output, dict):
+            return
+        if _amount(speed := output.get("encode_speed")):
+            self.speed[engine].observe(speed)
+        if _amount(size := output.get("size_bytes")):
+            self.output_bytes += int(size)
 
     def on_retry(self, task: Any, cause: str) -> None:
         self.retries[cause] += 1
@@ -159,7 +200,32 @@ class MasterMetrics(Collector):
             "wait": {queue: b.snapshot() for queue, b in self.wait.items()},
             "run": {kind: b.snapshot() for kind, b in self.run.items()},
             "passes": self.passes.snapshot(),
+            "transcodes": {key: dict(by) for key, by in self.transcodes.items()},
+            "speed": {engine: b.snapshot() for engine, b in self.speed.items()},
+            "output_bytes": self.output_bytes,
+            "energy": self._gpu_energy(),
         }
+
+    def _gpu_energy(self) -> dict[str, float]:
+        """Joules per worker, from the running total of each GPU that the worker's last
+        heartbeat carried (`energy_j`): what a GPU's total grew by since the last scrape is
+        added, and a total that went down (the worker restarted) is added whole. Counted from
+        the first scrape that sees the worker; a worker the master forgets is dropped. Runs
+        under the master's lock."""
+        workers = self.master.workers
+        for name, record in workers.items():
+            gpus = record.sample.get("gpus")
+            for gpu in gpus if isinstance(gpus, list) else ():
+                if not (isinstance(gpu, dict) and _amount(total := gpu.get("energy_j"))):
+                    continue  # a worker that sends no energy, or a GPU without a power reading
+                seen = self._energy_seen.setdefault(name, {})
+                last = seen.get(index := gpu.get("index"))
+                grew = 0.0 if last is None else total - last if total >= last else total
+                self.energy[name] = self.energy.get(name, 0.0) + grew
+                seen[index] = total
+        for name in [name for name in self.energy if name not in workers]:
+            del self.energy[name], self._energy_seen[name]
+        return dict(self.energy)
 
     def collect(self) -> Iterator[Metric]:
         figures = self.master.figures(also=self._counted)
@@ -196,6 +262,12 @@ class MasterMetrics(Collector):
         for reason in (*REJECTION_REASONS, *sorted(set(counts) - set(REJECTION_REASONS))):
             rejected.add_metric([reason], counts.get(reason, 0))
         yield rejected
+        wire = CounterMetricFamily("cloudq_rpc_bytes", "Bytes of RPC frames the master received and sent, "
+                                   "as they crossed the wire (compressed)", labels=["direction"])
+        for direction, count in self.wire.counts().items():
+            wire.add_metric([direction], count)
+        yield wire
+        yield from _transcode_families(counted)
 
         yield _histogram("cloudq_task_wait_seconds",
                          "Time from being queued (the last time) to starting on a worker, by queue class",
@@ -288,6 +360,29 @@ def _worker_families(rows: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (cpu, mem, disk, running, max_tasks, age, gpu_mem, gpu_util, gpu_temp, gpu_power)
 
 
+def _transcode_families(counted: dict[str, Any]) -> Iterator[Metric]:
+    finished = CounterMetricFamily(
+        "cloudq_transcodes_finished",
+        "FFmpeg tasks that reached a final state, by engine (cpu, nvenc), scenario and outcome",
+        labels=["engine", "scenario", "outcome"])
+    for (engine, scenario), by in sorted(counted["transcodes"].items()):
+        for outcome, count in by.items():
+            finished.add_metric([engine, scenario, outcome], count)
+    yield finished
+    yield _histogram("cloudq_transcode_encode_speed",
+                     "Encode speed of completed transcodes, in times real time, by engine",
+                     "engine", counted["speed"])
+    yield CounterMetricFamily("cloudq_transcode_output_bytes",
+                              "Bytes of the files completed transcodes wrote",
+                              value=counted["output_bytes"])
+    energy = CounterMetricFamily("cloudq_gpu_energy",
+                                 "Energy used by each worker's GPUs, integrated from their power samples",
+                                 labels=["worker"], unit="joules")
+    for worker, joules in sorted(counted["energy"].items()):
+        energy.add_metric([worker], joules)
+    yield energy
+
+
 def _lock_families(holders: dict[str, int], waiters: dict[str, int]) -> Iterator[Metric]:
     held = GaugeMetricFamily("cloudq_lock_holders", "Tasks holding each named lock", labels=["lock"])
     waiting = GaugeMetricFamily("cloudq_lock_waiters", "Queued tasks that ask for each named lock",
@@ -310,6 +405,11 @@ def _histogram(name: str, documentation: str, label: str | None,
 def _number(value: Any) -> bool:
     """A figure a worker sent that can be exported (workers may send null, or nothing)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _amount(value: Any) -> bool:
+    """A figure a worker sent that may be added to a counter: finite and not negative."""
+    return _number(value) and 0 <= value < float("inf")
 
 
 def master_registry(master: Any, rejections: Rejected | None = None) -> tuple[CollectorRegistry, MasterMetrics]:

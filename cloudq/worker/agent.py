@@ -61,6 +61,7 @@ class WorkerAgent(MasterConnection, TaskRunner):
         self._fetching = threading.Event()  # set while the fetch loop may still hand outcomes over
         self._init_connection()
         self._report_backoff = Backoff("report", log)
+        self.gpu_energy = probes.GpuEnergy()
         self.container_mem_default = container_mem_default(options, self.facts["mem_gb"])
 
     def _run_task(self, ctx: RunContext) -> RunResult:
@@ -134,6 +135,7 @@ class WorkerAgent(MasterConnection, TaskRunner):
             sample = None
             if time.monotonic() >= next_beat:
                 sample = probes.live_sample(self.options.work_dir)
+                self.gpu_energy.add(sample["gpus"])
                 next_beat = time.monotonic() + self._heartbeat_s
                 batch = self._log_tails(batch)
             if not batch and sample is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,39 @@ def live_sample(path: str | Path = ".", nvml: NvmlSession | None = None) -> dict
         "disk_free_gb": _disk(path, "free"),
         "gpus": gpu_samples(session),
     }
+
+
+class GpuEnergy:
+    """Energy of each GPU since the worker started, integrated from its power samples: the
+    trapezoid between two consecutive samples of a GPU, on the monotonic clock. An interval
+    longer than MAX_GAP_S (the worker could not sample, or the GPU gave no power reading) is
+    left out rather than guessed. `add` writes the running total into each GPU's sample as
+    `energy_j`, so the master gets it with every heartbeat and loses nothing when a heartbeat
+    is lost. Used by the report loop only (one thread)."""
+
+    MAX_GAP_S = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.joules: dict[int, float] = {}  # by GPU index
+        self._last: dict[int, tuple[float, float]] = {}  # by index: (when, watts)
+
+    def add(self, gpus: list[dict[str, Any]]) -> None:
+        now = self.clock()
+        for gpu in gpus:
+            index, watts = gpu.get("index"), gpu.get("power_w")
+            if not isinstance(index, int):
+                continue
+            if isinstance(watts, int | float) and watts >= 0:
+                last = self._last.get(index)
+                if last is not None and 0 < now - last[0] <= self.MAX_GAP_S:
+                    self.joules[index] = self.joules.get(index, 0.0) + (last[1] + watts) / 2 * (now - last[0])
+                self._last[index] = (now, float(watts))
+                self.joules.setdefault(index, 0.0)
+            else:
+                self._last.pop(index, None)
+            if index in self.joules:
+                gpu["energy_j"] = round(self.joules[index], 3)
 
 
 def gpu_facts(session: NvmlSession) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloudq.core.model import TaskState
@@ -195,7 +195,8 @@ def test_retry_causes_are_counted_by_what_happened(clock: Clock) -> None:
     assert lost.state is S.RETRYING and faulty.state is S.RETRYING
     samples = scrape(registry)
     assert series(samples, "cloudq_task_retries_total", "reason") == {
-        "failed": 0, "timed_out": 1, "cancelled": 0, "worker_fault": 1, "worker_lost": 1, "not_started": 1}
+        "failed": 0, "timed_out": 1, "cancelled": 0, "worker_fault": 1, "worker_lost": 1, "not_started": 1,
+        "stalled": 0}
 
 
 def test_counters_do_not_go_down_when_finished_tasks_are_forgotten(clock: Clock) -> None:
@@ -288,14 +289,136 @@ def test_promtool_finds_the_exposition_clean(clock: Clock) -> None:
     assert promtool, "promtool is not installed (Debian package prometheus); this test needs it"
     master = make_master(clock)
     registry, _ = master_registry(master)
-    s = worker(master, "w1", gpus=[{"index": 0, "mem_gb": 24.0}])
+    s = worker(master, "w1", gpus=[{"index": 0, "mem_gb": 24.0}], capabilities=["ffmpeg", "encoder:libx264"])
     master.heartbeat("w1", {"gpus": [{"index": 0, "util_percent": 10, "mem_used_gb": 1.0,
                                       "temperature_c": 50, "power_w": 30.0}]})
     (task,) = master.submit([noop(locks=["enc"])])
     report(master, "w1", s, task, "completed")
     master.submit([noop(resources={"cpu_cores": 64}, locks=["enc"])])
+    (encode,) = master.submit([transcode("360p30-h264", target_worker="w1")])
+    report(master, "w1", s, encode, "completed", output={"encode_speed": 3.0, "size_bytes": 10})
+    master.heartbeat("w1", gpu_sample(12.5))
     text = text_of(registry)
+    for family in ("cloudq_transcodes_finished_total", "cloudq_transcode_encode_speed",
+                   "cloudq_transcode_output_bytes_total", "cloudq_gpu_energy_joules_total",
+                   "cloudq_rpc_bytes_total"):
+        assert f"# TYPE {family} " in text, f"{family} is not exported"
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         f"promtool check metrics: {done.stdout}{done.stderr}")
+
+
+def transcode(scenario: str, **fields: object) -> dict:
+    return {"kind": "ffmpeg", "spec": {"scenario": scenario, "duration_s": 10}, **fields}
+
+
+def test_transcodes_are_counted_by_engine_scenario_and_outcome(clock: Clock) -> None:
+    master = make_master(clock)
+    registry, _ = master_registry(master)
+    caps = ["ffmpeg", "encoder:libx264", "encoder:h264_nvenc", "gpu"]
+    s = worker(master, "w", max_tasks=8, capabilities=caps, gpus=[{"index": 0, "mem_gb": 24.0}])
+    fast, slow, nvenc, broken = master.submit([
+        transcode("720p30-h264"), transcode("720p30-h264"),
+        transcode("1080p30-h264-nvenc", resources={"gpus": 1}), transcode("360p30-h264", max_retries=0)])
+    (queued,) = master.submit([transcode("720p30-h264", target_worker="elsewhere")])
+    for task in (fast, slow, nvenc, broken):
+        report(master, "w", s, task, "running")
+    report(master, "w", s, fast, "completed", output={"encode_speed": 4.2, "size_bytes": 1000})
+    report(master, "w", s, slow, "completed", output={"encode_speed": 0.8, "size_bytes": 3000})
+    # A worker's odd numbers are not counted: no speed, a negative size.
+    report(master, "w", s, nvenc, "completed", output={"encode_speed": None, "size_bytes": -5})
+    report(master, "w", s, broken, "failed", error="ffmpeg exited with 1")
+    master.cancel(queued.id)
+
+    samples = scrape(registry)
+    assert value(samples, "cloudq_transcodes_finished_total", engine="cpu", scenario="720p30-h264",
+                 outcome="completed") == 2
+    assert value(samples, "cloudq_transcodes_finished_total", engine="cpu", scenario="720p30-h264",
+                 outcome="cancelled") == 1
+    assert value(samples, "cloudq_transcodes_finished_total", engine="nvenc",
+                 scenario="1080p30-h264-nvenc", outcome="completed") == 1
+    assert value(samples, "cloudq_transcodes_finished_total", engine="cpu", scenario="360p30-h264",
+                 outcome="dead") == 1
+    assert value(samples, "cloudq_transcodes_finished_total", engine="cpu", scenario="360p30-h264",
+                 outcome="completed") == 0  # every outcome of a scenario, once it is seen
+    assert value(samples, "cloudq_transcode_encode_speed_count", engine="cpu") == 2
+    assert value(samples, "cloudq_transcode_encode_speed_sum", engine="cpu") == pytest.approx(5.0)
+    assert value(samples, "cloudq_transcode_encode_speed_bucket", engine="cpu", le="1.0") == 1
+    assert value(samples, "cloudq_transcode_encode_speed_bucket", engine="cpu", le="5.0") == 2
+    assert value(samples, "cloudq_transcode_encode_speed_count", engine="nvenc") == 0
+    assert value(samples, "cloudq_transcode_output_bytes_total") == 4000
+    # Other kinds are not transcodes.
+    (other,) = master.submit([noop()])
+    report(master, "w", s, other, "completed")
+    assert sum(v for (name, _), v in scrape(registry).items()
+               if name == "cloudq_transcodes_finished_total") == 5
+
+
+def gpu_sample(*energy_j: float) -> dict:
+    return {"gpus": [{"index": i, "power_w": 100.0, "energy_j": e} for i, e in enumerate(energy_j)]}
+
+
+def test_gpu_energy_adds_what_the_workers_totals_grew_by(clock: Clock) -> None:
+    master = make_master(clock)
+    registry, _ = master_registry(master)
+    gpus = [{"index": 0, "mem_gb": 24.0}, {"index": 1, "mem_gb": 24.0}]
+    worker(master, "g", gpus=gpus)
+    worker(master, "cpu-only")
+    master.heartbeat("g", gpu_sample(500.0, 700.0))  # since the worker started: counted from here
+    master.heartbeat("cpu-only", {"gpus": []})
+
+    def energy() -> dict[str, float]:
+        return series(scrape(registry), "cloudq_gpu_energy_joules_total", "worker")
+
+    assert energy() == {"g": 0}  # no series for a worker without GPUs
+    master.heartbeat("g", gpu_sample(600.0, 750.0))
+    master.heartbeat("g", gpu_sample(700.0, 800.0))  # two samples between scrapes: both count
+    assert energy() == {"g": 300}
+    master.heartbeat("g", gpu_sample(40.0, 2.0))  # the worker restarted: its new total counts whole
+    assert energy() == {"g": 342}
+    master.heartbeat("g", {"gpus": [{"index": 0, "power_w": 1.0, "energy_j": "junk"},
+                                    {"index": 1, "power_w": 1.0, "energy_j": 10.0}]})
+    assert energy() == {"g": 350}  # the junk GPU is left out, never a decrease
+
+
+def test_rpc_bytes_are_read_from_the_channels_count() -> None:
+    from cloudq.metrics import MasterMetrics
+    from cloudq.rpc.protocol import WireBytes
+
+    wire = WireBytes()
+    gone, open_ = wire.tally(), wire.tally()
+    gone[:] = [100, 40]
+    wire.closed(gone)
+    wire.closed(gone)  # a channel closed twice counts once
+    open_[:] = [7, 2]
+    registry = CollectorRegistry()
+    registry.register(MasterMetrics(Master(), wire=wire).attach())
+    assert series(scrape(registry), "cloudq_rpc_bytes_total", "direction") == {"received": 107, "sent": 42}
+
+
+def test_rpc_channel_counts_the_bytes_of_each_frame() -> None:
+    """Frames through a real BoundedChannel pair: what one side sent is what the other read,
+    header and trailing newline included, compressed frames as compressed."""
+    import socket
+
+    from rpyc.core.stream import SocketStream
+
+    from cloudq.rpc.protocol import WIRE_BYTES, BoundedChannel
+
+    left, right = socket.socketpair()
+    sender, receiver = BoundedChannel(SocketStream(left)), BoundedChannel(SocketStream(right))
+    try:
+        before = WIRE_BYTES.counts()
+        small, large = b"x" * 100, b"y" * 100_000  # the large one is compressed
+        for data in (small, large):
+            sender.send(data)
+            assert receiver.recv() == data
+        after = WIRE_BYTES.counts()
+        sent = after["sent"] - before["sent"]
+        assert sent == after["received"] - before["received"]
+        assert (100 + 6) < sent < (100 + 6) + 100_000 // 10  # header 5 bytes, newline 1
+    finally:
+        sender.close()
+        receiver.close()
+    assert WIRE_BYTES.counts() == after  # what closed channels counted stays counted
