@@ -94,6 +94,10 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exec-uid-base", type=int, default=None, metavar="UID",
                    help="give each running task its own uid, UID + slot (default: all share "
                         "--exec-user's)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="N",
+                   help="serve this worker's Prometheus metrics on port N (default 0: off)")
+    p.add_argument("--metrics-bind", default=defaults.BIND, metavar="ADDR",
+                   help=f"address the metrics port listens on (default {defaults.BIND})")
 
 
 def _certs_parser(sub: argparse._SubParsersAction) -> None:
@@ -236,13 +240,16 @@ def _worker(args: argparse.Namespace) -> int:
         raise CloudqError("--container-mem-default must be a number of GB above 0")
     if args.exec_uid_base is not None and not 1000 <= args.exec_uid_base <= 2**32 - 2**16:
         raise CloudqError("--exec-uid-base must be an unused uid range start, 1000 to 4294901760")
+    if not 0 <= args.metrics_port <= 65535:
+        raise CloudqError("--metrics-port must be a port number, 1 to 65535 (0: off)")
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
     return run_worker(WorkerOptions(
         master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
         cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
         allow_pull=args.allow_pull, input_roots=tuple(args.input_root),
         container_mem_default_gb=args.container_mem_default, exec_user=args.exec_user,
-        exec_uid_base=args.exec_uid_base,
+        exec_uid_base=args.exec_uid_base, metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
     ))
 
 

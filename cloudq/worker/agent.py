@@ -196,12 +196,19 @@ def run_worker(options: WorkerOptions) -> int:
     import signal
 
     agent = WorkerAgent(options)
+    server = None
+    if options.metrics_port:
+        from cloudq.worker.metrics import serve_metrics
+
+        server = serve_metrics(agent, options.metrics_bind, options.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
     try:
         agent.run()
     finally:
         agent.close()
+        if server is not None:
+            server.shutdown()
     return 0
 
 

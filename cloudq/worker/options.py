@@ -30,3 +30,5 @@ class WorkerOptions:
     container_mem_default_gb: float | None = None  # default: offered memory / max_tasks
     exec_user: str = "nobody"  # who a root worker runs exec and ffmpeg tasks as
     exec_uid_base: int | None = None  # given: task slot N runs as uid exec_uid_base + N
+    metrics_port: int = 0  # the worker's own Prometheus endpoint; 0: off
+    metrics_bind: str = defaults.BIND  # the address it listens on

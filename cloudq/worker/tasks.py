@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
+import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from cloudq.worker.runners.confine import TaskUser
 log = logging.getLogger("cloudq.worker")
 
 MIN_CONTAINER_MEM = 64 * 1024**2  # a smaller default limit would only fail containers
+MAX_MEASURED_ENTRIES = 10_000  # a task directory is measured up to this many entries
 
 
 @dataclass
@@ -41,6 +45,23 @@ class Running:
     future: Future[None] | None = None
     user: TaskUser | None = None  # who its processes run as; None: the worker itself
     slot: int | None = None  # with a uid per slot: the slot it holds
+    kind: str = ""
+    progress: dict[str, Any] | None = None  # the runner's last progress report
+
+
+@dataclass
+class TaskCounts:
+    """What this worker's tasks came to, for its metrics endpoint: counts that only grow,
+    changed and read under the agent's lock."""
+
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, status)
+    runner_errors: Counter[str] = field(default_factory=Counter)  # the worker's faults, by kind
+    bytes_written: int = 0  # of what tasks left in their directories, measured at their end
+
+    def add(self, kind: str, result: dict[str, Any]) -> None:
+        self.finished[kind, str(result.get("status"))] += 1
+        if result.get("fault") == str(Fault.WORKER):
+            self.runner_errors[kind] += 1
 
 
 class TaskRunner:
@@ -67,6 +88,7 @@ class TaskRunner:
         self._slots_used: set[int] = set()
         self.running: dict[str, Running] = {}
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.counts = TaskCounts()
         # Outcomes not yet acknowledged by the master, by task: still ours when registering
         # again, so the master re-adopts those tasks and takes the outcome instead of
         # retrying a task that has already run.
@@ -89,7 +111,7 @@ class TaskRunner:
     def _start(self, assignment: dict[str, Any]) -> None:
         task_id, attempt = assignment["id"], assignment["attempt"]
         work_dir = self.options.work_dir / f"{task_id}.{attempt}"
-        entry = Running(task_id, attempt, threading.Event(), work_dir)
+        entry = Running(task_id, attempt, threading.Event(), work_dir, kind=str(assignment["kind"]))
         if is_instant(assignment["kind"], assignment["spec"]):
             # Finishes at once and touches no disk: a thread hand-off would cost more than the
             # task, and a "running" report would be overtaken by the outcome anyway.
@@ -124,6 +146,7 @@ class TaskRunner:
         result["started_at"] = time.time()
         with self._lock:
             self._unreported[entry.task_id] = entry.attempt
+            self.counts.add(entry.kind, result)
         self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "failed",
                          "result": result, "started_at": result["started_at"]})
 
@@ -133,11 +156,13 @@ class TaskRunner:
         self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
                          "started_at": started})
         outcome = self._run(assignment, entry, started)
+        written = directory_bytes(entry.work_dir)
         with self._lock:
             self.running.pop(entry.task_id, None)
             self._unreported[entry.task_id] = entry.attempt
             if entry.slot is not None:
                 self._slots_used.discard(entry.slot)
+            self.counts.bytes_written += written
         if not self.options.keep_task_dirs and entry.work_dir.exists():
             shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put(outcome)
@@ -146,6 +171,7 @@ class TaskRunner:
         """Runs the task to its end; returns its outcome report."""
 
         def progress(update: dict[str, Any]) -> None:
+            entry.progress = update
             self.outbox.put({"task": entry.task_id, "attempt": entry.attempt, "state": "running",
                              "progress": update, "log_tail": tail_log(entry.work_dir, 4096)})
 
@@ -164,6 +190,8 @@ class TaskRunner:
             log.exception("runner crashed on %s", entry.task_id)
             result = failed_result(started, f"runner crashed: {type(err).__name__}: {err}")
         result["started_at"] = started
+        with self._lock:
+            self.counts.add(entry.kind, result)
         return {"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
                 "result": result, "started_at": started}
 
@@ -202,6 +230,30 @@ def container_mem_default(options: WorkerOptions, offered_gb: float) -> int:
     share of the memory this worker offers among the tasks it may run at once."""
     gb = options.container_mem_default_gb or float(offered_gb) / max(options.max_tasks, 1)
     return max(int(gb * 1024**3), MIN_CONTAINER_MEM)
+
+
+def directory_bytes(path: Path, limit: int = MAX_MEASURED_ENTRIES) -> int:
+    """Bytes of the regular files under `path`, never following a link (the task owns the
+    directory and may have put anything there), over at most `limit` entries."""
+    total, seen, pending = 0, 0, [path]
+    while pending and seen < limit:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for item in entries:
+                    seen += 1
+                    if seen > limit:
+                        break
+                    try:
+                        info = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(Path(item.path))
+                    elif stat.S_ISREG(info.st_mode):
+                        total += info.st_size
+        except OSError:
+            continue
+    return total
 
 
 def failed_result(started: float, error: str) -> dict[str, Any]:
