@@ -1,9 +1,12 @@
 """End-to-end helpers: the real `master>` shell in a private tmux server, free loopback ports,
-and the external tools these tests drive (which must be installed: a missing one fails)."""
+the external tools these tests drive (which must be installed: a missing one fails), and a
+metrics cluster: a master and workers with their HTTP ports, and a real Prometheus scraping
+them."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -11,15 +14,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.cluster.harness import ROOT, wait_until
+from tests.cluster.harness import ROOT, MasterProc, Proc, WorkerProc, wait_until
 
 PROMPT = "master>"  # the prompt as capture-pane shows it, trailing space stripped
 NOTICE = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # a notice printed above the prompt
@@ -315,3 +322,152 @@ def shell(shared_shell: TmuxShell) -> TmuxShell:
         shared_shell.key("C-c")
         shared_shell.wait_prompt(after=-1)
     return shared_shell
+
+
+# ---------------------------------------------------------------------- metrics cluster
+JOB = "cloudq-e2e"  # the job Prometheus scrapes the master as
+WORKER_JOB = "cloudq-e2e-workers"  # ...and workers' own endpoints as
+
+
+def http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.status == 200, f"GET {url}: HTTP {response.status}"
+        return response.read().decode()
+
+
+class Prometheus:
+    """A real Prometheus on loopback, scraping every second, with its own data directory."""
+
+    def __init__(self, tmp: Path, target_port: int, worker_ports: tuple[int, ...] = ()) -> None:
+        binary = require_tool("prometheus")
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = tmp / "prometheus.yml"
+        jobs = [(JOB, [target_port])] + ([(WORKER_JOB, list(worker_ports))] if worker_ports else [])
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n" + "".join(
+                f"  - job_name: {job}\n    static_configs:\n"
+                f"      - targets: [{', '.join(repr(f'127.0.0.1:{port}') for port in ports)}]\n"
+                for job, ports in jobs)
+        )
+        self.proc = Proc([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                          f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"])
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            assert self.proc.proc.poll() is None, "prometheus exited:\n" + self.proc.output()
+            try:
+                return "Ready" in http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+
+        wait_until(ready, timeout, "prometheus to be ready", every=0.2)
+
+    def query(self, promql: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        answer = json.loads(http_get(url))
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        """The one sample a query returns, or None while there is none yet."""
+        result = self.query(promql)
+        assert len(result) <= 1, f"{promql} returned several series: {result}"
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_value(self, promql: str, expected: float, timeout: float = 30) -> None:
+        seen: list[float | None] = []
+
+        def check() -> bool:
+            seen.append(self.value(promql))
+            return seen[-1] == expected
+
+        try:
+            wait_until(check, timeout, f"{promql} == {expected} in prometheus", every=0.3)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; last value {seen[-1:]}; prometheus output:\n"
+                                 + self.proc.output()) from None
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then Proc.stop has killed it
+            self.proc.stop(timeout=15)
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """start(master_metrics_port, worker_ports=()): a ready Prometheus scraping them; stopped
+    at the end of the test."""
+    started: list[Prometheus] = []
+
+    def start(target_port: int, worker_ports: tuple[int, ...] = ()) -> Prometheus:
+        prom = Prometheus(tmp_path / f"prometheus{len(started)}", target_port, worker_ports)
+        started.append(prom)
+        prom.wait_ready()
+        return prom
+
+    try:
+        yield start
+    finally:
+        for prom in started:
+            prom.stop()
+
+
+@dataclass
+class Worker:
+    """A worker to start: its name and flags; `metrics` gives it its own endpoint
+    (--metrics-port), `fake_gpu` a fake NVML with one GPU (tests/e2e/fake_gpu_worker.py)."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    metrics: bool = False
+    fake_gpu: bool = False
+
+
+@dataclass
+class Cluster:
+    master: MasterProc
+    port: int  # the master's HTTP port (/metrics)
+    workers: list[WorkerProc]
+    worker_ports: dict[str, int] = field(default_factory=dict)  # by name, those with --metrics-port
+
+    def submit(self, *tasks: dict) -> list[str]:
+        return [t["id"] for t in self.master.client().call("submit", {"tasks": list(tasks)})]
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """start(*workers, master_flags=()): a master with its HTTP port (processor pass every
+    second, so TTLs expire and waiting tasks are looked at) and the workers, each available.
+    Everything is stopped at the end of the test, even on a failure."""
+    masters: list[MasterProc] = []
+    workers: list[WorkerProc] = []
+
+    def start(*specs: Worker, master_flags: tuple[str, ...] = ()) -> Cluster:
+        port = free_port()
+        master = MasterProc(tmp_path / f"data{len(masters)}", "--metrics-port", str(port),
+                            "--interval", "1", *master_flags)
+        masters.append(master)
+        cluster = Cluster(master, port, [])
+        for spec in specs:
+            flags = list(spec.flags)
+            if spec.metrics:
+                cluster.worker_ports[spec.name] = free_port()
+                flags += ["--metrics-port", str(cluster.worker_ports[spec.name])]
+            worker = WorkerProc(master.address, spec.name, tmp_path / "work", *flags,
+                                module="tests.e2e.fake_gpu_worker" if spec.fake_gpu else "cloudq")
+            workers.append(worker)
+            cluster.workers.append(worker)
+        for worker in cluster.workers:
+            master.wait_worker(worker.name)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.stop()
+        for master in masters:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                master.stop()

@@ -4,13 +4,9 @@ by a real Prometheus."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import struct
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.harness import MasterProc, Proc, WorkerProc, wait_until
-from tests.e2e.conftest import free_port, require_tool
-
-JOB = "cloudq-e2e"
-
-
-def http_get(url: str, timeout: float = 5) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        assert response.status == 200, f"GET {url}: HTTP {response.status}"
-        return response.read().decode()
+from tests.cluster.harness import MasterProc, wait_until
+from tests.e2e.conftest import JOB, Cluster, Prometheus, Worker, free_port, http_get, require_tool
 
 
 @dataclass
@@ -48,60 +36,6 @@ class Metrics:
         return out
 
 
-class Prometheus:
-    def __init__(self, tmp: Path, target_port: int) -> None:
-        binary = require_tool("prometheus")
-        self.port = free_port()
-        tmp.mkdir(parents=True, exist_ok=True)
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{target_port}']\n"
-        )
-        self.proc = Proc([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"])
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        def ready() -> bool:
-            assert self.proc.proc.poll() is None, "prometheus exited:\n" + self.proc.output()
-            try:
-                return "Ready" in http_get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
-
-        wait_until(ready, timeout, "prometheus to be ready", every=0.2)
-
-    def query(self, promql: str) -> list[dict]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        answer = json.loads(http_get(url))
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
-
-    def value(self, promql: str) -> float | None:
-        """The one sample a query returns, or None while there is none yet."""
-        result = self.query(promql)
-        assert len(result) <= 1, f"{promql} returned several series: {result}"
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_value(self, promql: str, expected: float, timeout: float = 30) -> None:
-        seen: list[float | None] = []
-
-        def check() -> bool:
-            seen.append(self.value(promql))
-            return seen[-1] == expected
-
-        try:
-            wait_until(check, timeout, f"{promql} == {expected} in prometheus", every=0.3)
-        except AssertionError as err:
-            raise AssertionError(f"{err}; last value {seen[-1:]}; prometheus output:\n"
-                                 + self.proc.output()) from None
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # then Proc.stop has killed it
-            self.proc.stop(timeout=15)
-
-
 @pytest.fixture
 def metrics(tmp_path: Path) -> Iterator[Metrics]:
     port = free_port()
@@ -112,23 +46,6 @@ def metrics(tmp_path: Path) -> Iterator[Metrics]:
         yield Metrics(master, port)
     finally:
         master.stop()
-
-
-@pytest.fixture
-def start_prometheus(tmp_path: Path) -> Iterator[Callable[[int], Prometheus]]:
-    started: list[Prometheus] = []
-
-    def start(target_port: int) -> Prometheus:
-        prom = Prometheus(tmp_path / "prometheus", target_port)
-        started.append(prom)
-        prom.wait_ready()
-        return prom
-
-    try:
-        yield start
-    finally:
-        for prom in started:
-            prom.stop()
 
 
 def submit_noops(master: MasterProc, count: int) -> list[str]:
@@ -184,7 +101,9 @@ def test_promtool_finds_the_endpoint_clean(metrics: Metrics) -> None:
     metrics.master.ctl("task", "-cpu_cores", "64", "-lock", "enc", "--exec", "true")  # waits
     text = http_get(metrics.url)
     for family in ("cloudq_tasks_finished_total", "cloudq_worker_cpu_cores", "cloudq_lock_waiters",
-                   "cloudq_task_run_seconds", "cloudq_store_commit_seconds", "cloudq_rpc_rejected_total"):
+                   "cloudq_task_run_seconds", "cloudq_store_commit_seconds", "cloudq_rpc_rejected_total",
+                   "cloudq_rpc_bytes_total", "cloudq_transcodes_finished_total",
+                   "cloudq_transcode_encode_speed", "cloudq_gpu_energy_joules_total"):
         assert f"# TYPE {family} " in text, f"{family} is not exported"
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                           timeout=30)
@@ -204,35 +123,11 @@ def test_refused_rpc_frames_are_counted(metrics: Metrics) -> None:
                "the refused frame to be counted")
 
 
-@dataclass
-class Cluster:
-    master: MasterProc
-    port: int
-    workers: list[WorkerProc]
-
-    def submit(self, *tasks: dict) -> list[str]:
-        return [t["id"] for t in self.master.client().call("submit", {"tasks": list(tasks)})]
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A master (processor pass every second, so TTLs expire) with two workers: wa has 4 cores
-    and runs 2 tasks at once, wb 2 cores and 1 task."""
-    port = free_port()
-    master = MasterProc(tmp_path / "data", "--metrics-port", str(port), "--interval", "1")
-    workers: list[WorkerProc] = []
-    try:
-        for name, cores, slots in (("wa", "4", "2"), ("wb", "2", "1")):
-            workers.append(WorkerProc(master.address, name, tmp_path / "work", "--cpu-cores", cores,
-                                      "--max-tasks", slots))
-        for worker in workers:
-            master.wait_worker(worker.name)
-        yield Cluster(master, port, workers)
-    finally:
-        for worker in workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.stop()
-        master.stop()
+def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
+    """A master with two workers: wa has 4 cores and runs 2 tasks at once, wb 2 cores and 1 task."""
+    return start_cluster(Worker("wa", ("--cpu-cores", "4", "--max-tasks", "2")),
+                         Worker("wb", ("--cpu-cores", "2", "--max-tasks", "1")))
 
 
 def noop(**fields: object) -> dict:
