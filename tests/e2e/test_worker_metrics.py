@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloudq import __version__
 from tests.cluster.harness import wait_until
 from tests.e2e.conftest import Cluster, Worker, http_get, require_tool
 
@@ -56,7 +57,7 @@ def test_worker_endpoint_while_a_transcode_runs(start_cluster: Callable[..., Clu
     assert samples[("cloudq_worker_active_tasks", ())] == 1
     assert 0 < samples[progress_key] < 1
     assert samples[speed_key] > 0
-    assert samples[("cloudq_worker_info", (("version", "0.1.0"), ("worker", "wm")))] == 1
+    assert samples[("cloudq_worker_info", (("version", __version__), ("worker", "wm")))] == 1
     assert samples[("cloudq_worker_rpc_bytes_total", (("direction", "sent"),))] > 0
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
                           timeout=30)

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloudq import __version__
 from cloudq.worker.agent import Running, WorkerAgent, WorkerOptions
 from cloudq.worker.metrics import worker_registry
 from cloudq.worker.probes import GpuEnergy
@@ -66,7 +67,7 @@ def test_finished_tasks_and_bytes_written_are_counted(agent: WorkerAgent) -> Non
     samples = scrape(agent)
     assert value(samples, "cloudq_worker_active_tasks") == 0
     assert value(samples, "cloudq_worker_tasks_finished_total", kind="exec", outcome="completed") == 0
-    assert value(samples, "cloudq_worker_info", worker="metrics-test", version="0.1.0") == 1
+    assert value(samples, "cloudq_worker_info", worker="metrics-test", version=__version__) == 1
 
     writes = assignment("exec", {"argv": ["sh", "-c", "head -c 5000 /dev/zero > out.bin"]})
     fails = assignment("exec", {"argv": ["sh", "-c", "exit 3"]})
