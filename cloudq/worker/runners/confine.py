@@ -170,18 +170,19 @@ def end_leftovers(leader: int, user: TaskUser) -> int:
 
 
 def _leftovers(uid: int) -> list[psutil.Process]:
-    """Processes below us running as `uid` that belong to no running task (caller holds _lock)."""
-    spared: set[int] = set()
-    for pid, leader_uid in _leaders.items():
-        if leader_uid != uid:
-            continue
-        spared.add(pid)
-        with contextlib.suppress(psutil.Error):
-            spared.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+    """Processes below us running as `uid` that belong to no running task (caller holds _lock).
+
+    The candidates are listed first, then each one's ancestry is read: a process a running
+    task forks in the meantime is either not a candidate or is found under its leader. (Listing
+    the running tasks' trees first would miss a child forked between the two reads, and kill
+    it.)"""
+    leaders = {pid for pid, leader_uid in _leaders.items() if leader_uid == uid}
     found = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if proc.pid not in spared and proc.uids().real == uid:
+            if proc.uids().real != uid or proc.pid in leaders:
+                continue
+            if not any(parent.pid in leaders for parent in proc.parents()):
                 found.append(proc)
     return found
 
