@@ -42,3 +42,9 @@ class AuthError(CloudqError):
 class LimitError(CloudqError):
     """A bound was reached (connections, registered workers, a reply's size); nothing changed.
     Trying again later, or asking for less, may succeed."""
+
+
+class InternalError(CloudqError):
+    """A command failed on a bug of its own (a KeyError, TypeError or ValueError inside it),
+    not on anything the operator got wrong; the message names the error. Here, with the
+    others, so it keeps its type over RPC."""

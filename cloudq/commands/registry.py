@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudq.errors import CloudqError, ValidationError
+from cloudq.errors import CloudqError, InternalError, ValidationError
 
 
 @dataclass
@@ -54,11 +54,6 @@ class CommandParser(argparse.ArgumentParser):
 
 class Interrupted(CloudqError):
     """The operator interrupted the command (Ctrl-C in the shell) before it changed anything."""
-
-
-class InternalError(CloudqError):
-    """A command failed on a bug of its own (a KeyError, TypeError or ValueError inside it),
-    not on anything the operator got wrong; the message names the error."""
 
 
 @dataclass

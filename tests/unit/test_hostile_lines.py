@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudq.commands import COMMANDS, Context, dispatch, split_line
-from cloudq.commands.registry import InternalError
-from cloudq.errors import CloudqError
+from cloudq.errors import CloudqError, InternalError
 from cloudq.master.core import Master
 from cloudq.render import render_error
 
