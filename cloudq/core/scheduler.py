@@ -21,6 +21,7 @@ from cloudq import defaults
 from cloudq.core.ledger import EPSILON, Ledger, LockTable, held_reason
 from cloudq.core.model import LockSpec, Resources, Task
 from cloudq.core.queue import Key, TaskQueue
+from cloudq.specs.roots import describe_capability
 
 ShapeKey = tuple[Resources, str | None, tuple[tuple[str, str], ...], tuple[LockSpec, ...], frozenset[str]]
 
@@ -178,7 +179,7 @@ def static_misfit(task: Task, ledger: Ledger, required: frozenset[str]) -> str |
             return f"Label mismatch: task needs {key}={value}, worker has {key}={have or '(unset)'}"
     missing = required - ledger.capabilities
     if missing:
-        return f"Missing capability: worker lacks {', '.join(sorted(missing))}"
+        return f"Missing capability: worker lacks {', '.join(map(describe_capability, sorted(missing)))}"
     return None
 
 

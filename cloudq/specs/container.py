@@ -2,7 +2,9 @@
 
 Everything that would widen what a container can reach (privileges, host mounts, devices,
 capabilities) is refused by name, so a user who asks gets told why rather than "unknown field".
-Resource limits and GPUs come from the task's resources, never from the spec.
+Resource limits and GPUs come from the task's resources, never from the spec. The only host
+directories a container ever sees are the storage roots it names (input_roots read-only,
+output_roots read-write), mounted by the worker at /roots/NAME.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from typing import Any
 
 from cloudq.errors import SpecError
+from cloudq.specs import roots
 from cloudq.specs.fields import (
     check_argv,
     check_bool,
@@ -20,9 +23,11 @@ from cloudq.specs.fields import (
     describe,
 )
 
-FIELDS = ("image", "command", "env", "network", "workdir")
+FIELDS = ("image", "command", "env", "network", "workdir", "input_roots", "output_roots",
+          "keep_task_dir")
 
-_NO_HOST_ACCESS = "containers never get host files, devices or privileges"
+_NO_HOST_ACCESS = ("containers never get host files, devices or privileges; name storage roots "
+                   "(input_roots, output_roots) to have them mounted")
 FORBIDDEN = {
     "privileged": "containers always run unprivileged",
     "volumes": _NO_HOST_ACCESS,
@@ -61,11 +66,16 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         "env": check_env(spec.get("env"), "container.env"),
         "network": check_bool(spec.get("network", False), "container.network"),
         "workdir": _check_workdir(spec.get("workdir")),
+        "input_roots": roots.check_root_list(spec.get("input_roots"), "container.input_roots"),
+        "output_roots": roots.check_root_list(spec.get("output_roots"), "container.output_roots"),
+        "keep_task_dir": check_bool(spec.get("keep_task_dir", False), "container.keep_task_dir"),
     }
 
 
 def required_capabilities(spec: dict[str, Any]) -> frozenset[str]:
-    return frozenset({"docker"})
+    # .get: a spec stored before these fields existed has none of them.
+    needs = roots.capabilities(spec.get("input_roots") or (), spec.get("output_roots") or ())
+    return frozenset({"docker", *needs})
 
 
 def _check_image(value: Any) -> str:

@@ -1,7 +1,9 @@
 """The exec task spec: an argv list run in the task's directory, never through a shell.
 
 Because no shell is involved, shell metacharacters in argv are plain text and are allowed;
-what is bounded is size, and the working directory must stay inside the task directory.
+what is bounded is size, and the working directory must stay inside the task directory. The
+storage roots it names (input_roots, output_roots) are where it is placed, and it finds them in
+its environment (CLOUDQ_ROOT_<NAME>).
 """
 
 from __future__ import annotations
@@ -9,9 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from cloudq.errors import SpecError
-from cloudq.specs.fields import check_argv, check_env, check_keys, check_relative_path
+from cloudq.specs import roots
+from cloudq.specs.fields import (
+    check_argv,
+    check_bool,
+    check_env,
+    check_keys,
+    check_relative_path,
+)
 
-FIELDS = ("argv", "env", "cwd")
+FIELDS = ("argv", "env", "cwd", "input_roots", "output_roots", "keep_task_dir")
 
 
 def validate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -25,11 +34,16 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         "argv": argv,
         "env": check_env(spec.get("env"), "exec.env"),
         "cwd": _check_cwd(spec.get("cwd")),
+        "input_roots": roots.check_root_list(spec.get("input_roots"), "exec.input_roots"),
+        "output_roots": roots.check_root_list(spec.get("output_roots"), "exec.output_roots"),
+        "keep_task_dir": check_bool(spec.get("keep_task_dir", False), "exec.keep_task_dir"),
     }
 
 
 def required_capabilities(spec: dict[str, Any]) -> frozenset[str]:
-    return frozenset()
+    # .get: a spec stored before these fields existed has none of them.
+    return frozenset(roots.capabilities(spec.get("input_roots") or (),
+                                        spec.get("output_roots") or ()))
 
 
 def _check_cwd(value: Any) -> str | None:

@@ -27,6 +27,9 @@ def test_ffmpeg_defaults():
         "bitrate": "2500k",
         "preset": "veryfast",
         "output": "output.mp4",
+        "overwrite": False,
+        "quality": [],
+        "keep_task_dir": False,
     }
     vp9 = validate_spec("ffmpeg", {"scenario": "1080p60-vp9", "input": "in/a.mov"})
     assert vp9["output"] == "output.webm"
@@ -59,14 +62,61 @@ def test_container_exec_noop_defaults():
         "env": {},
         "network": False,
         "workdir": None,
+        "input_roots": [],
+        "output_roots": [],
+        "keep_task_dir": False,
     }
     assert validate_spec("exec", {"argv": ["ls", "-l"], "cwd": "./out/"}) == {
         "argv": ["ls", "-l"],
         "env": {},
         "cwd": "out",
+        "input_roots": [],
+        "output_roots": [],
+        "keep_task_dir": False,
     }
     assert validate_spec("exec", {"argv": ["ls"], "cwd": "."})["cwd"] is None
     assert validate_spec("noop", {}) == {"sleep_s": 0.0}
+
+
+def test_root_references_are_normalized_and_needed_of_the_worker():
+    spec = validate_spec("ffmpeg", {"scenario": "480p30-vp9", "input": "media:in/./clip 1.mkv",
+                                    "output": "out:enc//clip-480p.webm", "quality": "psnr, SSIM",
+                                    "overwrite": True})  # fmt: skip
+    assert spec["input"] == "media:in/clip 1.mkv"  # any file name may be read
+    assert spec["output"] == "out:enc/clip-480p.webm"
+    assert spec["quality"] == ["ssim", "psnr"] and spec["overwrite"] is True
+    assert validate_spec("ffmpeg", spec) == spec
+    assert required_capabilities("ffmpeg", spec) == {
+        "ffmpeg", "encoder:libvpx-vp9", "root:media", "root-rw:out"}  # fmt: skip
+    assert "filter:libvmaf" in required_capabilities(
+        "ffmpeg", {"scenario": "480p30-vp9", "quality": ["vmaf"]})
+    container = validate_spec("container", {"image": "busybox", "input_roots": ["media:", "a"],
+                                            "output_roots": "out"})  # fmt: skip
+    assert (container["input_roots"], container["output_roots"]) == (["a", "media"], ["out"])
+    assert required_capabilities("container", container) == {
+        "docker", "root:a", "root:media", "root-rw:out"}  # fmt: skip
+    assert required_capabilities("exec", {"argv": ["ls"], "output_roots": ["out"]}) == {
+        "root-rw:out"}  # fmt: skip
+
+
+def test_specs_stored_before_roots_existed_still_have_capabilities():
+    from cloudq.specs import capabilities_of
+
+    old = {"scenario": "480p30-vp9", "input": None, "duration_s": 5.0, "bitrate": "1200k",
+           "preset": "realtime", "output": "output.webm"}  # fmt: skip
+    assert capabilities_of("ffmpeg", old) == {"ffmpeg", "encoder:libvpx-vp9"}
+    assert capabilities_of("exec", {"argv": ["ls"], "env": {}, "cwd": None}) == frozenset()
+    assert capabilities_of("container", {"image": "busybox"}) == {"docker"}
+
+
+def test_a_worker_advertises_its_roots_and_libvmaf():
+    from cloudq.specs.roots import worker_capabilities
+
+    assert worker_capabilities([("media", False), ("out", True)]) == {
+        "root:media", "root:out", "root-rw:out"}  # an output root can be read too
+    caps = {"ffmpeg": True, "encoders": ["libx264"], "filters": ["ssim", "psnr"], "docker": False}
+    assert "filter:libvmaf" not in capability_set(caps, 0)
+    assert "filter:libvmaf" in capability_set({**caps, "filters": ["libvmaf"]}, 0)
 
 
 def test_validate_returns_a_copy():
