@@ -84,8 +84,11 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", type=Path, default=None, help="where task directories live")
     p.add_argument("--tls-dir", type=Path)
     p.add_argument("--allow-pull", action="store_true", help="pull missing container images")
-    p.add_argument("--input-root", action="append", type=Path, default=[],
-                   help="directory FFmpeg inputs may be read from (repeatable)")
+    p.add_argument("--input-root", action="append", default=[], metavar="NAME=PATH",
+                   help="a storage root tasks read as NAME:PATH (repeatable); a plain PATH is a "
+                        "directory plain FFmpeg input paths may be read from")
+    p.add_argument("--output-root", action="append", default=[], metavar="NAME=PATH",
+                   help="a storage root tasks write outputs to as NAME:PATH (repeatable)")
     p.add_argument("--container-mem-default", type=float, default=None, metavar="GB",
                    help="memory limit of a container whose task asks for none "
                         "(default: offered memory / max tasks)")
@@ -232,6 +235,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from cloudq.core.model import check_name, parse_labels
     from cloudq.worker.agent import WorkerOptions, run_worker
+    from cloudq.worker.runners.storage import parse_root_flags
 
     name = check_name("worker name", args.name or socket.gethostname())
     if args.max_tasks < 1:
@@ -242,11 +246,12 @@ def _worker(args: argparse.Namespace) -> int:
         raise CloudqError("--exec-uid-base must be an unused uid range start, 1000 to 4294901760")
     if not 0 <= args.metrics_port <= 65535:
         raise CloudqError("--metrics-port must be a port number, 1 to 65535 (0: off)")
+    input_roots, roots = parse_root_flags(args.input_root, args.output_root)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
     return run_worker(WorkerOptions(
         master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
         cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
-        allow_pull=args.allow_pull, input_roots=tuple(args.input_root),
+        allow_pull=args.allow_pull, input_roots=tuple(input_roots), roots=roots,
         container_mem_default_gb=args.container_mem_default, exec_user=args.exec_user,
         exec_uid_base=args.exec_uid_base, metrics_port=args.metrics_port,
         metrics_bind=args.metrics_bind,

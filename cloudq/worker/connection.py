@@ -19,6 +19,7 @@ from typing import Any
 from cloudq import defaults
 from cloudq.errors import NotFoundError
 from cloudq.rpc.client import MasterClient
+from cloudq.specs.roots import worker_capabilities
 from cloudq.worker import probes
 from cloudq.worker.backoff import Backoff
 from cloudq.worker.options import WorkerOptions
@@ -73,7 +74,8 @@ class MasterConnection:
             "storage_gb": round(shutil.disk_usage(self.options.work_dir).free / 2**30, 2),
             "max_tasks": self.options.max_tasks,
             "labels": self.options.labels,
-            "capabilities": sorted(capability_set(caps, len(gpus))),
+            "capabilities": sorted(capability_set(caps, len(gpus)) | worker_capabilities(
+                (root.name, root.writable) for root in self.options.roots.values())),
             "tools": caps,
         }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudq import defaults
+from cloudq.worker.runners.base import StorageRoot
 
 
 @dataclass
@@ -25,7 +26,8 @@ class WorkerOptions:
     work_dir: Path = Path("/tmp/cloudq-work")
     tls_dir: Path | None = None
     allow_pull: bool = False
-    input_roots: tuple[Path, ...] = ()
+    input_roots: tuple[Path, ...] = ()  # unnamed: plain input paths may lie below them
+    roots: dict[str, StorageRoot] = field(default_factory=dict)  # --input-root/--output-root NAME=PATH
     keep_task_dirs: bool = False
     container_mem_default_gb: float | None = None  # default: offered memory / max_tasks
     exec_user: str = "nobody"  # who a root worker runs exec and ffmpeg tasks as

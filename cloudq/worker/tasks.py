@@ -163,7 +163,11 @@ class TaskRunner:
             if entry.slot is not None:
                 self._slots_used.discard(entry.slot)
             self.counts.bytes_written += written
-        if not self.options.keep_task_dirs and entry.work_dir.exists():
+        if keeps_task_dir(self.options, assignment):
+            output = outcome["result"].setdefault("output", {})
+            if isinstance(output, dict):
+                output["task_dir"] = str(entry.work_dir)  # where to look, on this worker
+        elif entry.work_dir.exists():
             shutil.rmtree(entry.work_dir, ignore_errors=True)
         self.outbox.put(outcome)
 
@@ -180,7 +184,8 @@ class TaskRunner:
             spec=assignment["spec"], resources=assignment["resources"], work_dir=entry.work_dir,
             timeout_s=assignment.get("timeout_s"), cancel=entry.cancel, on_progress=progress,
             gpu_indices=list(assignment.get("gpu_indices") or []),
-            input_roots=list(self.options.input_roots), allow_pull=self.options.allow_pull,
+            input_roots=list(self.options.input_roots), roots=dict(self.options.roots),
+            allow_pull=self.options.allow_pull,
             worker_name=self.name, container_mem_default=self.container_mem_default,
             user=entry.user,
         )
@@ -223,6 +228,13 @@ class TaskRunner:
                 with contextlib.suppress(Exception):
                     entry.future.result(timeout=15)
         self._pool.shutdown(wait=False)
+
+
+def keeps_task_dir(options: WorkerOptions, assignment: dict[str, Any]) -> bool:
+    """The task directory stays after the task: the worker keeps all (keep_task_dirs), or the
+    task asked for it (--keep-task-dir, for debugging)."""
+    spec = assignment.get("spec")
+    return options.keep_task_dirs or (isinstance(spec, dict) and spec.get("keep_task_dir") is True)
 
 
 def container_mem_default(options: WorkerOptions, offered_gb: float) -> int:

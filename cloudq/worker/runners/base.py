@@ -66,6 +66,16 @@ def _ignore_progress(_: dict[str, Any]) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class StorageRoot:
+    """A named directory this worker shares with the farm (--input-root / --output-root NAME=PATH):
+    `path` is where it is mounted here, already resolved; `writable` for an output root."""
+
+    name: str
+    path: Path
+    writable: bool = False
+
+
 @dataclass
 class RunContext:
     task_id: str
@@ -79,6 +89,7 @@ class RunContext:
     on_progress: Callable[[dict[str, Any]], None] = _ignore_progress
     gpu_indices: list[int] = field(default_factory=list)
     input_roots: list[Path] = field(default_factory=list)  # where ffmpeg inputs may come from
+    roots: dict[str, StorageRoot] = field(default_factory=dict)  # the worker's named roots
     allow_pull: bool = False
     worker_name: str = ""
     # Memory limit of a container whose task asked for no memory (the worker's memory over its

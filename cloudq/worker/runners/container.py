@@ -3,7 +3,9 @@
 Limits come from the task's resources (nano_cpus, mem_limit = memswap_limit, pids_limit), GPUs
 only through device_requests, no network unless the spec asks, no privileges, every capability
 dropped, no-new-privileges. A missing image fails at once unless pulling is allowed: the engine
-would otherwise try a pull that, without network, is a slow error. Logs stream into task.log
+would otherwise try a pull that, without network, is a slow error. The only host directories
+mounted are the storage roots the task names, at /roots/NAME: read-only for input_roots,
+read-write for output_roots (CLOUDQ_ROOT_<NAME> says where). Logs stream into task.log
 while the container runs, and the log is closed only once the copy has everything the engine
 sends (LogCopy); the container is removed afterwards whatever happened.
 """
@@ -19,10 +21,11 @@ from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Mount
 from requests import RequestException
 
 from cloudq.errors import RunnerError
+from cloudq.specs import roots
 from cloudq.worker.runners.base import (
     Fault,
     RunContext,
@@ -35,6 +38,7 @@ from cloudq.worker.runners.base import (
 )
 from cloudq.worker.runners.paths import check_work_dir
 from cloudq.worker.runners.process import POLL_S
+from cloudq.worker.runners.storage import root_of
 
 TASK_LABEL = "cloudq.task"
 PIDS_LIMIT = 512  # enough for real work, too few for a fork bomb to hurt the host
@@ -108,6 +112,8 @@ def container_options(ctx: RunContext) -> dict[str, Any]:
     spec, res = ctx.spec, ctx.resources
     env = dict(spec["env"])
     env.update({"CLOUDQ_TASK_ID": ctx.task_id, "CLOUDQ_ATTEMPT": str(ctx.attempt)})
+    mounts = root_mounts(ctx)
+    env.update({roots.env_name(name): roots.container_path(name) for name in mounts})
     options: dict[str, Any] = {
         "image": spec["image"],
         "command": spec["command"],
@@ -132,10 +138,25 @@ def container_options(ctx: RunContext) -> dict[str, Any]:
     mem = memory_limit(ctx)
     options["mem_limit"] = mem
     options["memswap_limit"] = mem  # the same: no swap beyond the limit
+    if mounts:
+        options["mounts"] = list(mounts.values())
     if ctx.gpu_indices:
         ids = [str(i) for i in ctx.gpu_indices]
         options["device_requests"] = [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
     return options
+
+
+def root_mounts(ctx: RunContext) -> dict[str, Mount]:
+    """By root name, the bind mount of each root the task names: read-only unless it is one of
+    its output_roots. A root this worker lacks is its fault (it said it had it)."""
+    spec = ctx.spec
+    writes = set(spec.get("output_roots") or ())
+    mounts = {}
+    for name in sorted(set(spec.get("input_roots") or ()) | writes):
+        root = root_of(ctx, name, write=name in writes)
+        mounts[name] = Mount(target=roots.container_path(name), source=str(root.path),
+                             type="bind", read_only=name not in writes)
+    return mounts
 
 
 def memory_limit(ctx: RunContext) -> int:

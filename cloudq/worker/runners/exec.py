@@ -3,7 +3,9 @@
 No shell is involved, so the argv items reach the program exactly as written. The environment
 is made afresh (PATH, HOME, LANG), nothing is taken from the worker's, so the worker's own
 settings and secrets do not leak into tasks. On a root worker the task runs as its task user
-in a directory that user owns (confine.py).
+in a directory that user owns (confine.py). The storage roots the task names are given as
+CLOUDQ_ROOT_<NAME>, this worker's path of each; the task reaches them with its own user's
+permissions, nothing more.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudq.errors import RunnerError
+from cloudq.specs import roots
 from cloudq.worker.runners.base import (
     RunContext,
     RunResult,
@@ -25,12 +28,14 @@ from cloudq.worker.runners.base import (
 )
 from cloudq.worker.runners.paths import give_task_dir, task_subdir
 from cloudq.worker.runners.process import DEFAULT_PATH, describe_outcome, start, supervise
+from cloudq.worker.runners.storage import root_of
 
 
 def run(ctx: RunContext) -> RunResult:
     started = time.monotonic()
     spec = ctx.spec
     try:
+        env = task_env(ctx)
         cwd = task_subdir(ctx.work_dir, spec["cwd"])
         if ctx.user is not None:
             give_task_dir(ctx.work_dir, ctx.user, cwd)
@@ -38,7 +43,7 @@ def run(ctx: RunContext) -> RunResult:
         return refused_by(started, exc)
     with open_log(ctx) as log:
         try:
-            proc = start(spec["argv"], cwd=cwd, env=task_env(ctx), stdout=log, stderr=log,
+            proc = start(spec["argv"], cwd=cwd, env=env, stdout=log, stderr=log,
                          user=ctx.user)  # fmt: skip
         except OSError as exc:
             return _not_started(ctx, started, spec["argv"][0], exc, log)
@@ -70,6 +75,17 @@ def task_env(ctx: RunContext) -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ctx.gpu_indices),
         }
     )
+    env.update(root_env(ctx, lambda root: str(root.path)))
+    return env
+
+
+def root_env(ctx: RunContext, where: Any) -> dict[str, str]:
+    """CLOUDQ_ROOT_<NAME> for each root the task names, at `where(root)`; RunnerError (the
+    worker's fault) if this worker lacks one or cannot write one it should."""
+    env = {}
+    for write, key in ((False, "input_roots"), (True, "output_roots")):
+        for name in ctx.spec.get(key) or ():
+            env[roots.env_name(name)] = where(root_of(ctx, name, write=write))
     return env
 
 

@@ -2,8 +2,9 @@
 
 Every value placed on the command line comes from a validated spec (numbers, allow-listed
 presets, a bitrate that matched a pattern) or from the runner itself (the input as /dev/fd/N,
-the output as `file:./NAME` in the task directory, FFmpeg's working directory). No user string
-is ever put where FFmpeg could read it as an option or a protocol.
+the output as `file:./NAME` in the task directory or as /dev/fd/N of the temporary file below
+an output root, FFmpeg's working directory). No user string is ever put where FFmpeg could
+read it as an option or a protocol.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class Job:
     preset: str
     bitrate: str
     duration_s: float | None  # None: the whole input
-    output: Path  # absolute, inside the task directory
+    output: Path  # absolute: inside the task directory, or the final path below an output root
     input_fd: int | None = None  # an open input file; None for the synthetic source
+    output_url: str | None = None  # given: where FFmpeg writes (a descriptor); else ./NAME
 
 
 def build_argv(job: Job, ffmpeg: str = "ffmpeg") -> list[str]:
@@ -47,7 +49,7 @@ def build_argv(job: Job, ffmpeg: str = "ffmpeg") -> list[str]:
         "-f", MUXERS[job.output.suffix.lstrip(".").lower()],
         # Relative to FFmpeg's working directory, the task directory, which the worker enters
         # before it drops to the task user: that user need not be able to walk its parents.
-        f"file:./{job.output.name}",
+        job.output_url or f"file:./{job.output.name}",
     ]  # fmt: skip
 
 

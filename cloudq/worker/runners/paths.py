@@ -98,27 +98,36 @@ def open_input(name: str, work_dir: Path, roots: list[Path]) -> tuple[int, Path]
     allowed = [check_work_dir(work_dir)] + [Path(os.path.realpath(r)) for r in roots]
     candidates = [Path(name)] if name.startswith("/") else [base / name for base in allowed]
     for candidate in candidates:
-        if not os.path.lexists(candidate):
-            continue
-        # Checked before opening too: opening a device or FIFO elsewhere can have effects.
-        _check_allowed(os.path.realpath(candidate), name, allowed)
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise RunnerError(f"input {name!r} cannot be opened: {exc.strerror}") from None
-        try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
-            _check_allowed(real, name, allowed)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RunnerError(f"input {name!r} is not a regular file")
-        except BaseException:
-            os.close(fd)
-            raise
-        os.set_blocking(fd, True)
-        return fd, Path(real)
+        if os.path.lexists(candidate):
+            return open_checked(candidate, name, allowed)
     raise RunnerError(f"input {name!r} was not found in the allowed input directories")
 
 
-def _check_allowed(real: str, name: str, allowed: list[Path]) -> None:
+def open_checked(
+    candidate: Path, name: str, allowed: list[Path], where: str = ""
+) -> tuple[int, Path]:
+    """Open `candidate` for reading if it, and the file really opened, lie inside `allowed` and
+    it is a regular file; (fd, its real path). `name` is how messages call it, `where` what
+    `allowed` is (default: the input directories)."""
+    # Checked before opening too: opening a device or FIFO elsewhere can have effects.
+    _check_allowed(os.path.realpath(candidate), name, allowed, where)
+    try:
+        fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RunnerError(f"input {name!r} cannot be opened: {exc.strerror}") from None
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        _check_allowed(real, name, allowed, where)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunnerError(f"input {name!r} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, True)
+    return fd, Path(real)
+
+
+def _check_allowed(real: str, name: str, allowed: list[Path], where: str = "") -> None:
     if not any(inside(real, root) for root in allowed):
-        raise RunnerError(f"input {name!r} is outside the allowed input directories on this worker")
+        where = where or "the allowed input directories on this worker"
+        raise RunnerError(f"input {name!r} is outside {where}")
