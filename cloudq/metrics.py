@@ -5,7 +5,8 @@ placement pass, every group commit of the journal), so they only ever grow: a fi
 the master forgets later (--keep-finished) takes nothing away from them. Transcodes are counted
 from the same moves, with what the FFmpeg result says (speed, output size); GPU energy from the
 running totals workers send with each heartbeat (each integrates its GPUs' power samples over
-the time between them); RPC bytes from the channel's count (protocol.WIRE_BYTES).
+the time between them); RPC bytes from the channel's count (protocol.WIRE_BYTES). Quality
+scores (ssim, psnr, vmaf) come from the result of a completed transcode that asked for them.
 
 Counters and histograms are plain numbers, not prometheus_client objects: the hooks run under
 the master's lock on every move, and an increment there costs a dict lookup, no lock and no
@@ -55,6 +56,12 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 # Encode speed, in times real time (2.0: a minute of media in 30 s).
 SPEED_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 ENGINES = ("cpu", "nvenc")
+# Quality scores, each on its own scale: SSIM 0 to 1, PSNR in dB, VMAF 0 to 100.
+QUALITY_BUCKETS = {
+    "ssim": (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0),
+    "psnr": (20.0, 25.0, 28.0, 30.0, 32.0, 34.0, 36.0, 38.0, 40.0, 42.0, 45.0, 50.0, 60.0, 100.0),
+    "vmaf": (20.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 93.0, 95.0, 97.0, 99.0, 100.0),
+}
 
 
 class Buckets:
@@ -109,6 +116,7 @@ class MasterMetrics(Collector):
             lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
         self.speed = {engine: Buckets(SPEED_BUCKETS) for engine in ENGINES}
         self.output_bytes = 0
+        self.quality = {metric: Buckets(bounds) for metric, bounds in QUALITY_BUCKETS.items()}
         self._engines: dict[str, str] = {}  # by scenario name
         # GPU energy by worker: what was counted, and the worker's own running total when last
         # read (it starts again from zero when the worker restarts).
@@ -178,6 +186,12 @@ class MasterMetrics(Collector):
             self.speed[engine].observe(speed)
         if _amount(size := output.get("size_bytes")):
             self.output_bytes += int(size)
+        scores = output.get("quality")
+        if isinstance(scores, dict):
+            for metric, score in scores.items():
+                series = self.quality.get(metric)  # only the metrics there are, by name
+                if series is not None and _amount(score):
+                    series.observe(float(score))
 
     def on_retry(self, task: Any, cause: str) -> None:
         self.retries[cause] += 1
@@ -203,6 +217,7 @@ class MasterMetrics(Collector):
             "transcodes": {key: dict(by) for key, by in self.transcodes.items()},
             "speed": {engine: b.snapshot() for engine, b in self.speed.items()},
             "output_bytes": self.output_bytes,
+            "quality": {metric: b.snapshot() for metric, b in self.quality.items()},
             "energy": self._gpu_energy(),
         }
 
@@ -375,6 +390,9 @@ def _transcode_families(counted: dict[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily("cloudq_transcode_output_bytes",
                               "Bytes of the files completed transcodes wrote",
                               value=counted["output_bytes"])
+    yield _histogram("cloudq_transcode_quality",
+                     "Quality scores of completed transcodes that asked for them, by metric "
+                     "(ssim 0 to 1, psnr in dB, vmaf 0 to 100)", "metric", counted["quality"])
     energy = CounterMetricFamily("cloudq_gpu_energy",
                                  "Energy used by each worker's GPUs, integrated from their power samples",
                                  labels=["worker"], unit="joules")

@@ -1,10 +1,12 @@
 """The `task` command line, turned into a task request (the same fields a JSON submission has).
 
     task [WORKER] IMAGE [-cpu_cores F] [-mem GB] [-storage GB] [-gpu N]     a container
-    task [WORKER] --scenario 720p30-h264 [--input FILE] [--duration S]     an FFmpeg transcode
-    task [WORKER] --exec "CMD ARGS"                                         a plain command
+    task [WORKER] --scenario 720p30-h264 [--input ROOT:PATH] [--output ROOT:PATH]
+                  [--overwrite] [--quality ssim,psnr] [--duration S]        an FFmpeg transcode
+    task [WORKER] --exec "CMD ARGS" [--input ROOT] [--output ROOT]          a plain command
     common: --queue live|default|batch --priority high|medium|low --lock NAME[:N]
             --retries N --timeout S --ttl S --label k=v --name NAME --owner NAME
+            --keep-task-dir
 
 Options take one dash or two (`-mem 2` = `--mem 2`).
 """
@@ -49,11 +51,21 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "owner", help="who it belongs to")
     _option(parser, "env", action="append", help="K=V for the command (repeatable)")
     _option(parser, "network", action="store_true", help="give a container network access")
-    _option(parser, "input", help="FFmpeg input file (default: a synthetic source)")
+    _option(parser, "input", action="append", metavar="ROOT:PATH",
+            help="FFmpeg: the input file, ROOT:PATH below a storage root (default: a synthetic "
+                 "source); container and exec: a storage root to read (repeatable)")
     _option(parser, "duration", type=float, help="FFmpeg seconds to encode")
     _option(parser, "bitrate", help="FFmpeg bitrate, e.g. 2500k")
     _option(parser, "preset", help="FFmpeg encoder preset")
-    _option(parser, "output", help="FFmpeg output file name")
+    _option(parser, "output", action="append", metavar="ROOT:PATH",
+            help="FFmpeg: where the output goes, ROOT:PATH below an output root (default: a "
+                 "file in the task directory); container and exec: an output root (repeatable)")
+    _option(parser, "overwrite", action="store_true",
+            help="FFmpeg: replace an existing output file (default: refuse)")
+    _option(parser, "quality", metavar="ssim,psnr[,vmaf]",
+            help="FFmpeg: measure these quality scores of the output against its source")
+    _option(parser, "keep_task_dir", "-keep-task-dir", "--keep-task-dir", action="store_true",
+            help="keep the task directory on the worker after the task (for debugging)")
     _option(parser, "sleep", type=float, help="no-op: seconds to sleep")
     _option(parser, "after", action="append", metavar="ID[,ID...]",
             help="queue it only once these tasks completed (cancelled if one does not)")
@@ -96,24 +108,55 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _spec(kind: str, args: argparse.Namespace, words: list[str]) -> dict[str, Any]:
     env = _env(args.env)
+    if kind != "ffmpeg":
+        for flag, given in (("--overwrite", args.overwrite), ("--quality", args.quality)):
+            if given:
+                raise ValidationError(f"{flag} is for FFmpeg tasks (--scenario)")
+    if kind == "noop":
+        if args.input or args.output or args.keep_task_dir:
+            raise ValidationError("a no-op has no inputs, outputs or task directory")
+        return {"sleep_s": args.sleep or 0.0}
+    spec: dict[str, Any]
     if kind == "container":
         if not words:
             raise ValidationError("task needs an IMAGE, or --scenario, --exec or --noop")
         image = words.pop()
-        spec: dict[str, Any] = {"image": image, "env": env, "network": bool(args.network)}
+        spec = {"image": image, "env": env, "network": bool(args.network)}
         if args.container_cmd:
             spec["command"] = _split(args.container_cmd, "--cmd")
-        return spec
-    if kind == "exec":
-        return {"argv": _split(args.exec_line, "--exec"), "env": env}
-    if kind == "ffmpeg":
+    elif kind == "exec":
+        spec = {"argv": _split(args.exec_line, "--exec"), "env": env}
+    else:
         spec = {"scenario": args.scenario}
-        for key, value in (("input", args.input), ("duration_s", args.duration),
-                           ("bitrate", args.bitrate), ("preset", args.preset), ("output", args.output)):
+        for key, value in (("input", _one(args.input, "--input")), ("duration_s", args.duration),
+                           ("bitrate", args.bitrate), ("preset", args.preset),
+                           ("output", _one(args.output, "--output")), ("quality", args.quality)):
             if value is not None:
                 spec[key] = value
-        return spec
-    return {"sleep_s": args.sleep or 0.0}
+        if args.overwrite:
+            spec["overwrite"] = True
+    if kind != "ffmpeg":  # storage roots the command reads and writes: placed where they are
+        if args.input:
+            spec["input_roots"] = _roots(args.input)
+        if args.output:
+            spec["output_roots"] = _roots(args.output)
+    if args.keep_task_dir:
+        spec["keep_task_dir"] = True
+    return spec
+
+
+def _one(values: list[str] | None, flag: str) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValidationError(f"an FFmpeg task takes one {flag}, got {len(values)}")
+    return values[0]
+
+
+def _roots(values: list[str]) -> list[str]:
+    """`--input media --input out:` or `--input media,out`: root names (a trailing ':' and
+    commas allowed); the spec checks them."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
 def _split(line: str, flag: str) -> list[str]:

@@ -194,9 +194,41 @@ def show_command(ctx: Context, args: argparse.Namespace) -> Result:
     rows.append(["spec", cell(view["spec"])])
     if view.get("result"):
         rows.append(["result", cell({k: v for k, v in view["result"].items() if k != "log_tail"})])
+        rows += output_rows(view["result"].get("output"), view.get("worker"))
     rows += [[_when(e["time"]), f"{e['src']} -> {e['dst']}: {e['reason']}"] for e in view["events"][-10:]]
     return Result(title=f"Task {task.id}", headers=["field", "value"], rows=rows, data=view,
                   vertical=True)
+
+
+def output_rows(output: Any, worker: str | None) -> list[list[str]]:
+    """What a task's result says of the file it wrote, its quality scores and its kept task
+    directory, one line each (the worker's figures: anything may be missing)."""
+    if not isinstance(output, dict):
+        return []
+    rows = []
+    if isinstance(path := output.get("path"), str):
+        where = output.get("host_path")
+        facts = [f"{path}" + (f" ({where} on {worker or 'its worker'})" if where else "")]
+        if isinstance(size := output.get("size_bytes"), int):
+            facts.append(f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes")
+        if isinstance(seconds := output.get("duration_s"), int | float):
+            facts.append(f"{seconds:.2f} s")
+        video = " ".join(str(x) for x in (output.get("codec"), output.get("resolution")) if x)
+        facts += [video] if video else []
+        if isinstance(rate := output.get("bitrate_kbps"), int | float):
+            facts.append(f"{rate:g} kbit/s")
+        if isinstance(speed := output.get("encode_speed"), int | float):
+            facts.append(f"encoded at {speed:g}x")
+        rows.append(["output", ", ".join(facts)])
+    scores = output.get("quality")
+    if isinstance(scores, dict) and scores:
+        units = {"psnr": " dB"}
+        rows.append(["quality", ", ".join(f"{metric} {value:g}{units.get(metric, '')}"
+                                          for metric, value in scores.items()
+                                          if isinstance(value, int | float))])
+    if isinstance(kept := output.get("task_dir"), str):
+        rows.append(["task dir", f"{kept} on {worker or 'its worker'} (kept)"])
+    return rows
 
 
 @command("why", "Why a task is waiting: the reason for every worker.", arguments=_id_argument)

@@ -296,10 +296,12 @@ def test_promtool_finds_the_exposition_clean(clock: Clock) -> None:
     report(master, "w1", s, task, "completed")
     master.submit([noop(resources={"cpu_cores": 64}, locks=["enc"])])
     (encode,) = master.submit([transcode("360p30-h264", target_worker="w1")])
-    report(master, "w1", s, encode, "completed", output={"encode_speed": 3.0, "size_bytes": 10})
+    report(master, "w1", s, encode, "completed", output={"encode_speed": 3.0, "size_bytes": 10,
+                                                          "quality": {"ssim": 0.95, "psnr": 39.0}})
     master.heartbeat("w1", gpu_sample(12.5))
     text = text_of(registry)
     for family in ("cloudq_transcodes_finished_total", "cloudq_transcode_encode_speed",
+                   "cloudq_transcode_quality",
                    "cloudq_transcode_output_bytes_total", "cloudq_gpu_energy_joules_total",
                    "cloudq_rpc_bytes_total"):
         assert f"# TYPE {family} " in text, f"{family} is not exported"
