@@ -70,11 +70,13 @@ class Watcher:
         self._views_counts: dict[str, int] = {}  # the workers' counts by status then
         self._views_wanted = False
         self._stop = threading.Event()
+        self._reading = threading.Lock()  # one read at a time: the thread's, or read_now's
         self._thread = threading.Thread(target=self._run, name="shell-watcher", daemon=True)
 
     # ------------------------------------------------------------------ life
     def start(self) -> Watcher:
-        self._read()  # the first read seeds the ids and the cursor: no notices of the past
+        with self._reading:
+            self._read()  # the first read seeds the ids and the cursor: no notices of the past
         self._thread.start()
         return self
 
@@ -124,9 +126,15 @@ class Watcher:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
+            self.read_now()
+
+    def read_now(self) -> None:
+        """Reads the feed at once (the shell calls it after each command, so the ids a
+        command just made are offered by Tab without waiting for the next tick)."""
+        with self._reading:
             notices = self._read()
-            if notices:
-                self._announce(notices)
+        if notices:
+            self._announce(notices)
 
     def _read(self) -> list[Notice]:
         now = self._clock()

@@ -190,6 +190,8 @@ class Shell:
             return True
         finally:
             self.jobs = [j for j in self.jobs if not j.done.is_set()]
+            if cmd.changes:
+                self.watcher.read_now()  # what it made is offered by Tab at once
         if cmd.name == "help" and not args.topic:
             result.rows += [[name, "", parser.description] for name, parser in LOCAL.items()
                             if name not in QUIT_WORDS]

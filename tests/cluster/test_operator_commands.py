@@ -43,7 +43,8 @@ def test_hold_release_priority_locks_retry_and_events_on_a_real_cluster(cluster)
     reasons = [e["reason"] for e in master.ctl("events", third)]
     assert "priority default/medium -> live/high by an operator" in reasons
     on_w1 = master.ctl("events", "--worker", "w1", "--since", "5m", "--limit", "1000")
-    assert {e["task"] for e in on_w1} == {first, second, third}
+    assert {e["task"] for e in on_w1} == {first, second, third, ""}  # "": w1's own (joined)
+    assert [e["dst"] for e in on_w1 if not e["task"]] == ["joined"]
     assert all(e["worker"] == "w1" for e in on_w1)
 
 

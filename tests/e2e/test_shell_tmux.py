@@ -185,8 +185,8 @@ def test_tab_completes_a_command_and_an_option(start_shell: Callable[..., TmuxSh
     shell = start_shell()  # fresh history: no suggestion from earlier lines shows after the cursor
     start = shell.idle_prompt()
 
-    shell.type("wor")
-    shell.wait_line(f"{PROMPT} wor")  # exactly: nothing suggested after the cursor
+    shell.type("worke")  # `wor` could also be workflow, workflows
+    shell.wait_line(f"{PROMPT} worke")  # exactly: nothing suggested after the cursor
     shell.key("Tab")
     shell.wait_line(f"{PROMPT} workers")
     shell.key("Enter")
