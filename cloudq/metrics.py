@@ -296,31 +296,23 @@ class MasterMetrics(Collector):
                          None, {"": self.commits.snapshot()})
 
 
+def _by(name: str, documentation: str, label: str, values: dict[str, float]) -> GaugeMetricFamily:
+    """A gauge with one label, a series for each key of `values`."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
+
+
 def _state_families(figures: dict[str, Any]) -> Iterator[Metric]:
-    tasks = GaugeMetricFamily("cloudq_tasks", "Tasks the master holds, by state", labels=["state"])
-    for state, count in figures["tasks"].items():
-        tasks.add_metric([state], count)
-    yield tasks
+    yield _by("cloudq_tasks", "Tasks the master holds, by state", "state", figures["tasks"])
     yield GaugeMetricFamily("cloudq_queue_length", "Tasks queued, waiting to be placed", value=figures["queued"])
-    by_priority = GaugeMetricFamily("cloudq_queue_by_priority", "Tasks queued, by priority",
-                                    labels=["priority"])
-    for priority, count in figures["queued_by_priority"].items():
-        by_priority.add_metric([priority], count)
-    yield by_priority
-    by_class = GaugeMetricFamily("cloudq_queue_by_class", "Tasks queued, by queue class", labels=["queue"])
-    for queue, count in figures["queued_by_class"].items():
-        by_class.add_metric([queue], count)
-    yield by_class
-    oldest = GaugeMetricFamily("cloudq_oldest_queued_seconds",
-                               "How long the longest-waiting queued task of each class has waited "
-                               "(classes with a queued task only)", labels=["queue"])
-    for queue, seconds in figures["oldest_wait_s"].items():
-        oldest.add_metric([queue], seconds)
-    yield oldest
-    workers = GaugeMetricFamily("cloudq_workers", "Workers by status", labels=["status"])
-    for status, count in figures["workers"].items():
-        workers.add_metric([status], count)
-    yield workers
+    yield _by("cloudq_queue_by_priority", "Tasks queued, by priority", "priority",
+              figures["queued_by_priority"])
+    yield _by("cloudq_queue_by_class", "Tasks queued, by queue class", "queue", figures["queued_by_class"])
+    yield _by("cloudq_oldest_queued_seconds", "How long the longest-waiting queued task of each class "
+              "has waited (classes with a queued task only)", "queue", figures["oldest_wait_s"])
+    yield _by("cloudq_workers", "Workers by status", "status", figures["workers"])
     yield GaugeMetricFamily("cloudq_uptime_seconds", "Seconds since the master started",
                             value=figures["uptime_s"])
 

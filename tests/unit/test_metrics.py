@@ -15,17 +15,10 @@ from cloudq.core.model import TaskState
 from cloudq.master.core import Master, MasterConfig
 from cloudq.metrics import GIB, master_registry
 from cloudq.rpc.server import ConnectionSlots, Identity
+from tests.unit.test_master_core import Clock
 
 S = TaskState
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
