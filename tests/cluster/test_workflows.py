@@ -63,18 +63,27 @@ steps:
 """
 
 
-def test_the_model_lock_seed_scenario_survives_a_kill_9_of_the_master(cluster, tmp_path):
+def test_all_three_survive_a_kill_9_of_the_master(cluster, tmp_path):
+    """The seed scenario, a workflow that succeeds and one whose middle step fails, with the
+    master killed -9 while their first steps run."""
     port = free_port()
     master = cluster.start_master(port=port)
     cluster.start_worker("w1", "--max-tasks", "4")
     steps = submit_workflow(master, tmp_path / "gen.yaml", SEED)["steps"]
     plain = master.ctl("task", "--exec", "sleep 1.5", "--lock", "motion-2.0-fast", "--name", "plain")["id"]
+    good = submit_workflow(master, tmp_path / "good.yaml", three_steps("sleep 0.3"))["steps"]
+    bad = submit_workflow(master, tmp_path / "bad.yaml", three_steps("false"))["steps"]
     master.wait_state(steps["image"], "running")
-    master.kill()  # kill -9 while the first step runs and the others wait
+    master.kill()  # kill -9 while first steps run and the others wait
     master = cluster.start_master(port=port)
-    everything = [steps["image"], steps["motion"], plain]
+    everything = [steps["image"], steps["motion"], plain, *good.values()]
     wait_until(lambda: all(master.task(t)["state"] == "completed" for t in everything), 60,
-               "the workflow and the plain task to complete after the restart")
+               "the workflows and the plain task to complete after the restart")
+    wait_until(lambda: master.task(bad["third"])["state"] == "cancelled", 30, "the failed workflow's end")
+    assert master.task(bad["third"])["last_error"] == f"dependency {bad['second']} dead"
+    ran = [master.task(good[step]) for step in ("first", "second", "third")]
+    for before, after in zip(ran, ran[1:], strict=False):
+        assert after["started_at"] >= before["finished_at"]
     motion, other = master.task(steps["motion"]), master.task(plain)
     first, second = sorted((motion, other), key=lambda t: t["started_at"])
     assert second["started_at"] >= first["finished_at"], "both held motion-2.0-fast at once"
