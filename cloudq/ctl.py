@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cloudq import defaults
+from cloudq.client import Client
 from cloudq.commands import Result, parse
 from cloudq.commands.follow import end_line, follow_logs, follow_show, following
 from cloudq.commands.registry import files_to_send
+from cloudq.commands.tasks import ended_result
 from cloudq.errors import CloudqError
 from cloudq.render import json_list_chunks, render, render_error, render_json
-from cloudq.rpc.client import MasterClient
 
 
 def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
@@ -29,10 +30,14 @@ def run_ctl(master: str, tls_dir: Path | None, argv: list[str], as_json: bool,
         if cmd.name == "watch":
             raise CloudqError(WATCH_REFUSED)
         files = files_to_send(argv)
-        with MasterClient(master, tls_dir, timeout_s=timeout_s) as client:
+        with Client(master, tls_dir, timeout_s=timeout_s) as client:
+            if cmd.name == "wait":
+                return _wait(client, args.ids, args.timeout, as_json)
             if following(args):
                 return _follow(client, cmd.name, args, argv, as_json)
-            pages = command_pages(client, argv, files)
+            if getattr(args, "wait", False):
+                return _submit_and_wait(client, argv, files, as_json)
+            pages = client.pages(argv, files)
             first = next(pages)
             if first.next_argv is None:
                 _print_whole(first, as_json)
@@ -51,12 +56,37 @@ WATCH_REFUSED = ("watch redraws a terminal and works only in the master> shell; 
                  "run the command again yourself, e.g. `watch -n 2 cloudq ctl queue`")
 
 
-def _follow(client: MasterClient, name: str, args: argparse.Namespace, argv: list[str],
+def _wait(client: Client, ids: list[str], timeout: float | None, as_json: bool) -> int:
+    """`wait ID...`: until every task has ended. Exit status 0 when all completed, 1 when one
+    failed, died or was cancelled, 2 when the timeout came first; the tasks are printed."""
+    try:
+        ended = client.wait(ids, timeout)
+        code = 0 if all(view["state"] == "completed" for view in ended.values()) else 1
+    except TimeoutError as err:
+        ended = {}
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    result = ended_result([ended.get(i) or client.get(i) for i in ids])
+    print(render_json(result) if as_json else render(result), flush=True)
+    return code
+
+
+def _submit_and_wait(client: Client, argv: list[str], files: dict[str, str], as_json: bool) -> int:
+    """`task ... --wait`: submits, then waits for what it submitted (one task or an array)."""
+    result = client.command(argv, files)
+    data = result.data or {}
+    ids = data.get("tasks") or [data["id"]]
+    if not as_json:
+        print(result.status, flush=True)
+    return _wait(client, ids, None, as_json)
+
+
+def _follow(client: Client, name: str, args: argparse.Namespace, argv: list[str],
             as_json: bool) -> int:
     """`logs ID --follow`, `show ID --follow`: the same `call` every POLL_S until the task
     ends; Ctrl-C stops following (exit status 130), the task goes on."""
     def fetch() -> Result:
-        return call_command(client, argv)
+        return client.command(argv)
 
     def wait(seconds: float) -> bool:
         time.sleep(seconds)
@@ -74,29 +104,6 @@ def _follow(client: MasterClient, name: str, args: argparse.Namespace, argv: lis
     if not as_json and not getattr(args, "raw", False):
         print(end_line(args.id, last), flush=True)
     return 0
-
-
-def call_command(client: MasterClient, argv: list[str], files: dict[str, str] | None = None,
-                 read_only: bool = False) -> Result:
-    """Runs one command line on the master; a listing that comes in pages is returned whole.
-    `read_only`: the master refuses the command if it would change anything."""
-    pages = command_pages(client, argv, files or {}, read_only)
-    return _joined(next(pages), pages)
-
-
-def command_pages(client: MasterClient, argv: list[str], files: dict[str, str],
-                  read_only: bool = False) -> Iterator[Result]:
-    """The Result of a command line, then the further pages of its listing, if any."""
-    page = Result.from_dict(client.call("call", {"argv": argv, "files": files, "read_only": read_only}))
-    yield page
-    while page.next_argv:
-        argv = page.next_argv
-        if not (isinstance(argv, list) and all(isinstance(word, str) for word in argv)):
-            raise CloudqError("the master sent a malformed next-page line")
-        page = Result.from_dict(client.call("call", {"argv": argv, "files": {}}))
-        if not page.rows and page.next_argv:  # an empty page that promises more: stop looping
-            raise CloudqError("the master sent an empty page of a listing")
-        yield page
 
 
 def _joined(first: Result, pages: Iterator[Result]) -> Result:

@@ -36,6 +36,8 @@ def _task_arguments(parser: CommandParser) -> None:
     parser.add_argument("--count", "-count", type=whole_number(1, MAX_ARRAY), metavar="N",
                         help="an array of N tasks; {index} (0 to N-1) is put in the command, name "
                              "and output")
+    parser.add_argument("--wait", "-wait", action="store_true",
+                        help="then wait until it (or the array) has ended, as `wait` does")
     parser.add_argument("--max-running", "-max-running", "--max_running", "-max_running",
                         dest="max_running", type=whole_number(1, MAX_ARRAY), metavar="K",
                         help="with --count: at most K of the array run at once")
@@ -54,6 +56,39 @@ def task_command(ctx: Context, args: argparse.Namespace) -> Result:
     (task,) = ctx.master.submit([request])
     view = ctx.master.view(task)
     return Result(status=submit_reply(view), data=view)
+
+
+def _wait_arguments(parser: CommandParser) -> None:
+    parser.add_argument("ids", nargs="+", metavar="ID", help="task ids")
+    parser.add_argument("--timeout", "-timeout", type=float, metavar="S",
+                        help="give up after S seconds (cloudq ctl: exit status 2)")
+
+
+FOREVER_S = 366 * 86400.0
+
+
+@command("wait", "Wait until tasks have ended; cloudq ctl exits 0 if all completed, 1 if one did "
+         "not, 2 on --timeout.", arguments=_wait_arguments)
+def wait_command(ctx: Context, args: argparse.Namespace) -> Result:
+    """In the master's own shell: waits here (Ctrl-C stops waiting, not the tasks). `cloudq ctl`
+    and the remote shell wait through cloudq.Client.wait instead, one bounded call at a time."""
+    answer = ctx.master.wait_ended(args.ids, FOREVER_S if args.timeout is None else args.timeout)
+    views = [answer["ended"].get(i) or ctx.master.view(ctx.master.get(i)) for i in args.ids]
+    result = ended_result(views)
+    if answer["waiting"]:
+        result.status = (f"{len(answer['waiting'])} still going after {args.timeout:g}s: "
+                         f"{', '.join(answer['waiting'][:10])}")
+    return result
+
+
+def ended_result(views: list[dict[str, Any]]) -> Result:
+    """What `wait` prints: each task's state, worker, attempt and last error."""
+    rows = [[v["id"], v["name"], v["state"], v.get("worker") or "", v.get("attempt"),
+             v.get("last_error") or ""] for v in views]
+    done = sum(1 for v in views if v["state"] == "completed")
+    return Result(title=f"{done} of {len(views)} completed",
+                  headers=["id", "name", "state", "worker", "attempt", "last error"], rows=rows,
+                  data=views if len(views) > 1 else views[0])
 
 
 def _array(ctx: Context, request: dict[str, Any], count: int, max_running: int | None) -> Result:

@@ -58,6 +58,8 @@ def _reports(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return reports
 
 
+MAX_WAIT_IDS = 10_000  # tasks one wait call may ask about
+MAX_WAIT_S = 50.0  # the longest one wait call holds an RPC thread; a client asks for less than its timeout
 MAX_REPORTS = 10_000  # one call's reports (a worker sends at most 1,000 and its running tasks)
 MAX_REPLY_CHARS = MAX_FRAME_BYTES - (1 << 20)  # room for the frame's own encoding
 
@@ -146,6 +148,19 @@ class MasterService(rpyc.Service):
         guard = Guard(read_only=not cmd.changes_master(args) or payload.get("read_only") is True)
         ctx = Context(Gate(self.master, guard), files=files, local=False)
         return run(ctx, cmd, args).to_dict()
+
+    @endpoint
+    def exposed_wait(self, payload: Any) -> dict[str, Any]:
+        """Answers when every task in `ids` has ended (durably) or `wait_s` has passed, at most
+        MAX_WAIT_S: a client waiting longer asks again (cloudq.client.Client.wait)."""
+        self._as_admin()
+        ids = _field(payload, "ids", list)
+        if not ids or len(ids) > MAX_WAIT_IDS or not all(isinstance(i, str) for i in ids):
+            raise ValidationError(f"'ids' must be a list of 1 to {MAX_WAIT_IDS} task ids")
+        wait_s = payload.get("wait_s", 0.0)
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not wait_s >= 0:
+            raise ValidationError("'wait_s' must be a number of seconds, 0 or more")
+        return self.master.wait_ended(ids, min(float(wait_s), MAX_WAIT_S))
 
     @endpoint
     def exposed_feed(self, payload: Any) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class MasterState:
         self.rng = rng or random.Random()
         self.hooks = Hooks()
         self._lock = threading.RLock()
+        self._ended = threading.Condition(self._lock)  # a task reached a final state (wait)
         self.started_at = clock()
         self._fresh()
 
@@ -127,7 +128,7 @@ class MasterState:
         self._blocked_told: dict[str, tuple[str, tuple[str, ...]]] = {}  # lock waits in events
         self._dependents: dict[str, set[str]] = {}  # task id -> pending tasks waiting for it
         self._progressed: dict[str, float] = {}  # running task id -> when its progress last moved
-        self._ended: list[Task] = []  # tasks just ended whose dependents are to be looked at
+        self._ended_waits: list[Task] = []  # tasks just ended whose dependents are to be looked at
         self._resolving = False
         self._finished: deque[tuple[float, str]] = deque()  # (when, id), oldest first: pruning
         self.live_logs: dict[str, str] = {}  # output tails of running tasks; memory only
@@ -415,8 +416,10 @@ class MasterState:
         if self.hooks.on_event:
             for hook in self.hooks.on_event:
                 hook(event)
+        if dst.is_final:
+            self._ended.notify_all()
         if dst.is_final and task.id in self._dependents:
-            self._ended.append(task)
+            self._ended_waits.append(task)
             if not self._resolving:  # a cascade is resolved in a loop, not by recursion
                 self._resolve_dependents(now)
 
@@ -450,8 +453,8 @@ class MasterState:
         of others: they are taken in turn."""
         self._resolving = True
         try:
-            while self._ended:
-                ended = self._ended.pop()
+            while self._ended_waits:
+                ended = self._ended_waits.pop()
                 for waiting_id in sorted(self._dependents.pop(ended.id, ()), key=_seq_of):
                     waiting = self.tasks.get(waiting_id)
                     if waiting is None or waiting.state is not S.PENDING:

@@ -4,6 +4,7 @@ events and counts."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
@@ -44,6 +45,26 @@ class Views(MasterState):
         elif task.state is S.PENDING and task.dependencies:
             out["reason"] = self._waits_line(task)
         return out
+
+    def wait_ended(self, ids: list[str], wait_s: float) -> dict[str, Any]:
+        """Blocks until every task in `ids` has ended or `wait_s` has passed; answers only
+        once those ends are durable, so a caller never acts on an end a crash would undo.
+        {"ended": {id: view}, "waiting": [ids]}; an unknown id is refused at once."""
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        with self._lock:
+            for task_id in ids:
+                self.get(task_id)
+            while True:
+                waiting = [i for i in ids if i in self.tasks and not self.tasks[i].state.is_final]
+                left = deadline - time.monotonic()
+                if not waiting or left <= 0:
+                    break
+                self._ended.wait(left)
+            ticket = self.journal.last_ticket()  # the ends seen are in it, or older
+            ended = {i: self.view(self.tasks[i]) for i in ids if i in self.tasks and i not in waiting}
+        if ended:
+            self.journal.wait(ticket)
+        return {"ended": ended, "waiting": waiting}
 
     def group_view(self, group: str) -> dict[str, Any]:
         """One workflow or array: its tasks in order with their states, and how far it got."""

@@ -73,14 +73,14 @@ class RemoteLink:
 
     def __init__(self, address: str, tls_dir: Path | None,
                  timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> None:
-        from cloudq.rpc.client import MasterClient  # rpyc is loaded only where it is used
+        from cloudq.client import Client  # rpyc is loaded only where it is used
 
-        self.address = address
-        self._connect = lambda: MasterClient(address, tls_dir, timeout_s=timeout_s)
+        self._connect = lambda: Client(address, tls_dir, timeout_s=timeout_s)
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._feeder = self._connect()
-        self._feeder.call("ping")  # a wrong address or certificate is said now, not at a command
+        self._feeder.ping()  # a wrong address or certificate is said now, not at a command
+        self.address = self._feeder.address
 
     def _take(self) -> Any:
         with self._lock:
@@ -97,22 +97,40 @@ class RemoteLink:
 
     def run(self, cmd: Command, args: argparse.Namespace, argv: list[str], guard: Guard,
             on_note: Callable[[str], None] | None = None) -> Result:
-        from cloudq.ctl import call_command
-
+        if cmd.name == "wait":  # a bounded call at a time, never one RPC held for hours
+            return self._wait(args)
         files = files_to_send(argv)  # read here, where the operator typed the path
         if cmd.changes_master(args):  # the master cannot say when it begins: begun when sent
             guard.begin_change(cmd.name)  # refused when read-only; stopped if interrupted
         client = self._take()
         try:
-            result = call_command(client, argv, files, read_only=guard.read_only)
+            result = client.command(argv, files, read_only=guard.read_only)
         except BaseException:
             client.close()
             raise
         self._give_back(client)
         return result
 
+    def _wait(self, args: argparse.Namespace) -> Result:
+        from cloudq.commands.tasks import ended_result
+
+        client = self._take()
+        try:
+            try:
+                client.wait(args.ids, args.timeout)
+                status = ""
+            except TimeoutError as err:
+                status = str(err)
+            result = ended_result([client.get(task_id) for task_id in args.ids])
+        except BaseException:
+            client.close()
+            raise
+        self._give_back(client)
+        result.status = status
+        return result
+
     def feed(self, after: int | None, workers: bool = False) -> dict[str, Any]:
-        return self._feeder.call("feed", {"after": after, "workers": workers})
+        return self._feeder.feed(after, workers)
 
     def running(self, limit: int) -> tuple[int, list[str]]:
         return 0, []  # leaving this shell stops nothing: there is nothing to confirm

@@ -172,6 +172,10 @@ class Shell:
         if following(args):
             self._follow(cmd, args, words, as_json)
             return True
+        return self._run_job(cmd, args, words, vertical, as_json)
+
+    def _run_job(self, cmd: Command, args: argparse.Namespace, words: list[str], vertical: bool,
+                 as_json: bool) -> bool:
         job = Job(self.link, cmd, args, words, self._announce, self._note)
         self.jobs.append(job)
         try:
@@ -196,6 +200,10 @@ class Shell:
             result.rows += [[name, "", parser.description] for name, parser in LOCAL.items()
                             if name not in QUIT_WORDS]
         self._print_result(result, cmd.name, vertical, as_json)
+        if cmd.name == "task" and getattr(args, "wait", False) and isinstance(result.data, dict):
+            ids = result.data.get("tasks") or [result.data["id"]]  # an array, or one task
+            wait, wait_args = parse(["wait", *ids])
+            return self._run_job(wait, wait_args, ["wait", *ids], vertical, as_json)
         return True
 
     def finish_changes(self) -> None:

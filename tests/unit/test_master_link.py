@@ -25,7 +25,7 @@ from tests.unit.test_master_core import Clock
 READ_LINES = {
     "queue": "queue --worker w1", "show": "show t1", "why": "why t2", "logs": "logs t1",
     "workers": "workers w1", "locks": "locks", "status": "status", "events": "events t1",
-    "help": "help task", "workflows": "workflows",
+    "help": "help task", "workflows": "workflows", "wait": "wait t1 t2 --timeout 0",
     "watch": None,  # the shell runs watch itself; its lines are the above
 }
 
