@@ -122,12 +122,17 @@ class Master(Delivery, Views):
             task = self.get(task_id)
             if task.state.is_final:
                 raise ValidationError(f"task {task_id} is already {task.state.value}")
-            if task.state is S.PENDING:
-                self._forget_waits(task)
-            if task.state.is_active:  # finished when the worker confirms the kill
-                self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-            self._move(task, S.CANCELLED, now, "cancelled by an operator")
+            self._cancel(task, now, "cancelled by an operator")
         return task
+
+    def _cancel(self, task: Task, now: float, why: str) -> None:
+        """A task not yet ended is cancelled: it stops waiting for others, and a running one
+        is told to stop (it is finished when its worker confirms the kill)."""
+        if task.state is S.PENDING:
+            self._forget_waits(task)
+        if task.state.is_active:
+            self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
+        self._move(task, S.CANCELLED, now, why)
 
     def cancel_group(self, group: str) -> list[Task]:
         """Cancels every task of a workflow or array not yet ended, the last first (so each
@@ -139,14 +144,9 @@ class Master(Delivery, Views):
                 raise NotFoundError(f"no workflow or array {group!r}")
             cancelled = []
             for task in steps:
-                if task.state.is_final:
-                    continue
-                if task.state is S.PENDING:
-                    self._forget_waits(task)
-                if task.state.is_active:
-                    self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
-                self._move(task, S.CANCELLED, now, f"{group_kind(group)} {group} cancelled by an operator")
-                cancelled.append(task)
+                if not task.state.is_final:
+                    self._cancel(task, now, f"{group_kind(group)} {group} cancelled by an operator")
+                    cancelled.append(task)
         return cancelled[::-1]
 
     def hold(self, task_id: str) -> Task:
