@@ -30,6 +30,7 @@ from cloudq.commands.registry import COMMANDS, CommandParser, Context, Result, c
 from cloudq.commands.task_syntax import parse_submit_line
 from cloudq.core.model import check_name
 from cloudq.errors import ValidationError
+from cloudq.specs.fields import comma_separated
 
 MAX_STEPS = 10_000
 STEP_FIELDS = {"name", "task", "after", "after_any"}
@@ -112,8 +113,7 @@ def _step(step_name: str, body: Any, workflow: str | None, parser: CommandParser
 def _names(step_name: str, raw: Any) -> list[str]:
     if raw is None:
         return []
-    if isinstance(raw, str):
-        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    raw = comma_separated(raw)
     if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
         raise ValidationError(f"step {step_name!r}: `after` is a list of step names")
     return list(dict.fromkeys(raw))

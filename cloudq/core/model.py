@@ -15,6 +15,7 @@ from typing import Any
 from cloudq import defaults
 from cloudq.errors import ValidationError
 from cloudq.specs import KINDS, capabilities_of, validate_spec
+from cloudq.specs.fields import comma_separated
 
 
 class TaskState(StrEnum):
@@ -351,8 +352,7 @@ _TASK_ID_RE = re.compile(r"^t[1-9][0-9]{0,17}$")
 
 def parse_task_ids(what: str, raw: Any) -> tuple[str, ...]:
     """Task ids a task waits for: ["t4", "t5"] or "t4,t5"; in order, without repeats."""
-    if isinstance(raw, str):
-        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    raw = comma_separated(raw)
     if not isinstance(raw, list | tuple):
         raise ValidationError(f"{what} must be task ids like t4,t5, got {raw!r:.60}")
     if len(raw) > MAX_DEPENDENCIES:

@@ -30,6 +30,14 @@ def describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def comma_separated(raw: Any) -> Any:
+    """A list given as one string, "a,b,c", as a list of its non-empty parts; anything else as
+    it is (the caller checks it)."""
+    if isinstance(raw, str):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
 def check_mapping(spec: Any, kind: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise SpecError(f"{kind} spec must be a mapping of fields, got {type(spec).__name__}")

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cloudq.errors import SpecError
-from cloudq.specs.fields import describe
+from cloudq.specs.fields import comma_separated, describe
 
 ROOT_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 # What FFmpeg reads as a protocol before a ':' (ffmpeg -protocols, and a few more that builds
@@ -119,8 +119,7 @@ def check_root_list(value: Any, field: str) -> list[str]:
     """A list of root names (or one string, comma-separated): sorted, without repeats."""
     if value is None:
         return []
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
+    value = comma_separated(value)
     if not isinstance(value, list | tuple):
         raise SpecError(f"{field} must be a list of root names, got {type(value).__name__}")
     if len(value) > MAX_TASK_ROOTS:
