@@ -19,6 +19,7 @@ from cloudq.specs.fields import (
     check_keys,
     check_number,
     check_str,
+    comma_separated,
     describe,
 )
 from cloudq.specs.scenarios import Scenario, parse_scenario
@@ -195,8 +196,7 @@ def _check_quality(value: Any) -> list[str]:
     """`["ssim", "psnr"]` or `"ssim,psnr"`: the scores to measure after the encode."""
     if value is None:
         return []
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
+    value = comma_separated(value)
     if not isinstance(value, list | tuple):
         raise SpecError(f"ffmpeg.quality must be a list of metrics such as ['ssim', 'psnr'], "
                         f"got {type(value).__name__}")
