@@ -95,9 +95,9 @@ class Master(Delivery, Views):
         for task in tasks:
             self.tasks[task.id] = task
             self._counts[S.PENDING] += 1
-            waits = self._wait_for(task) if task.dependencies else []
+            waits = self.waits.unmet(task) if task.dependencies else []
             if waits:
-                self._park(task)
+                self.waits.park(task)
                 self._note(task, now, f"submitted; waits for {', '.join(waits)}")
             else:
                 self._move(task, S.QUEUED, now, "submitted")
@@ -113,7 +113,7 @@ class Master(Delivery, Views):
                 continue  # earlier in this batch
             if number >= task.seq or dep_id not in self.tasks:
                 raise ValidationError(f"waits for {dep_id}, which is not a task here")
-        if broken := self._broken(task):
+        if broken := self.waits.broken(task):
             raise ValidationError(f"waits for {broken.removeprefix('dependency ')}: it can never "
                                   f"run; nothing was submitted")
 
@@ -129,7 +129,7 @@ class Master(Delivery, Views):
         """A task not yet ended is cancelled: it stops waiting for others, and a running one
         is told to stop (it is finished when its worker confirms the kill)."""
         if task.state is S.PENDING:
-            self._forget_waits(task)
+            self.waits.forget(task)
         if task.state.is_active:
             self._tell(task.worker, {"cancel": task.id, "attempt": task.attempt})
         self._move(task, S.CANCELLED, now, why)

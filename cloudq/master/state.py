@@ -35,6 +35,7 @@ from cloudq.core.scheduler import Backlog, Scheduler
 from cloudq.core.transitions import EFFECTS, Event, EventLog, move
 from cloudq.errors import NotFoundError
 from cloudq.master.journal import Journal, NullJournal, encode_task
+from cloudq.master.waits import Waits
 from cloudq.master.workers import WorkerRecord
 from cloudq.specs import capabilities_of
 
@@ -126,7 +127,7 @@ class MasterState:
         self._queued_by_priority: Counter[Priority] = Counter()  # the same tasks, by priority
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._blocked_told: dict[str, tuple[str, tuple[str, ...]]] = {}  # lock waits in events
-        self._dependents: dict[str, set[str]] = {}  # task id -> pending tasks waiting for it
+        self.waits = Waits(self.tasks)  # pending tasks and those they wait for
         self._progressed: dict[str, float] = {}  # running task id -> when its progress last moved
         self._ended_waits: list[Task] = []  # tasks just ended whose dependents are to be looked at
         self._resolving = False
@@ -165,7 +166,7 @@ class MasterState:
                 self._enqueue(task, since=task.queued_at)
             for task in self.tasks.values():
                 if task.state is S.PENDING:  # waits for others: found again when they end
-                    self._park(task)
+                    self.waits.park(task)
             self._last_seq = top
             self._finished.extend(sorted(finished))
             for name, flags in ((meta or {}).get(_WORKER_FLAGS) or {}).items():
@@ -418,35 +419,12 @@ class MasterState:
                 hook(event)
         if dst.is_final:
             self._ended.notify_all()
-        if dst.is_final and task.id in self._dependents:
+        if dst.is_final and task.id in self.waits:
             self._ended_waits.append(task)
             if not self._resolving:  # a cascade is resolved in a loop, not by recursion
                 self._resolve_dependents(now)
 
     # ------------------------------------------------------------------ dependencies
-    def _wait_for(self, task: Task) -> list[str]:
-        """The tasks `task` still waits for (after: not completed; after_any: not ended)."""
-        unmet = [d for d in task.after if self._dep_state(d) is not S.COMPLETED]
-        unmet += [d for d in task.after_any if not self._dep_state(d).is_final]
-        return unmet
-
-    def _dep_state(self, task_id: str) -> TaskState:
-        dep = self.tasks.get(task_id)
-        return dep.state if dep is not None else S.COMPLETED  # forgotten: it had ended long ago
-
-    def _broken(self, task: Task) -> str | None:
-        """Why `task` can never start: a task it needs completed ended otherwise."""
-        for dep_id in task.after:
-            state = self._dep_state(dep_id)
-            if state.is_final and state is not S.COMPLETED:
-                return f"dependency {dep_id} {state.value}"
-        return None
-
-    def _park(self, task: Task) -> None:
-        """A task waiting for others: kept pending, and found again when each of them ends."""
-        for dep_id in self._wait_for(task):
-            self._dependents.setdefault(dep_id, set()).add(task.id)
-
     def _resolve_dependents(self, now: float) -> None:
         """Tasks waiting on those that just ended: queued once nothing they wait for is left,
         cancelled when one they needed completed did not. Cancelling one may end the wait
@@ -455,28 +433,20 @@ class MasterState:
         try:
             while self._ended_waits:
                 ended = self._ended_waits.pop()
-                for waiting_id in sorted(self._dependents.pop(ended.id, ()), key=_seq_of):
+                for waiting_id in self.waits.take(ended.id):
                     waiting = self.tasks.get(waiting_id)
                     if waiting is None or waiting.state is not S.PENDING:
                         continue
-                    broken = self._broken(waiting)
+                    broken = self.waits.broken(waiting)
                     if broken:
                         waiting.last_error = broken
-                        self._forget_waits(waiting)
+                        self.waits.forget(waiting)
                         self._move(waiting, S.CANCELLED, now, broken)
-                    elif not self._wait_for(waiting):
+                    elif not self.waits.unmet(waiting):
                         self._move(waiting, S.QUEUED, now, f"dependencies ended: {ended.id} "
                                                            f"{ended.state.value}")
         finally:
             self._resolving = False
-
-    def _forget_waits(self, task: Task) -> None:
-        for dep_id in task.dependencies:
-            waiting = self._dependents.get(dep_id)
-            if waiting is not None:
-                waiting.discard(task.id)
-                if not waiting:
-                    del self._dependents[dep_id]
 
     def _note(self, task: Task, now: float, reason: str) -> None:
         """An operator's change that is not a move (a new priority): recorded and journalled as
@@ -542,6 +512,3 @@ def awaiting_kill(task: Task) -> bool:
     """Cancelled while on a worker, and the worker has not yet confirmed it stopped."""
     return task.state is S.CANCELLED and bool(task.worker) and task.finished_at is None
 
-
-def _seq_of(task_id: str) -> int:
-    return int(task_id[1:]) if task_id[1:].isdigit() else 0

@@ -108,7 +108,7 @@ class Views(MasterState):
 
     def _waits_line(self, task: Task) -> str:
         """`waiting for t4 (running on worker-2), t5 (queued)`: what a pending task waits for."""
-        waits = self._wait_for(task)
+        waits = self.waits.unmet(task)
         shown = []
         for dep_id in waits[:5]:
             dep = self.tasks[dep_id]

@@ -80,7 +80,7 @@ def test_a_pending_task_can_be_cancelled_and_its_dependents_follow(master: Maste
     run(master, "task --noop --after t2")  # t3
     assert run(master, "cancel t2").status == "t2 cancelled"
     assert master.get("t3").state is S.CANCELLED and master.get("t3").last_error == "dependency t2 cancelled"
-    assert "t1" not in master._dependents or not master._dependents["t1"]
+    assert "t1" not in master.waits.waiting or not master.waits.waiting["t1"]
 
 
 def test_waits_survive_a_restart(master: Master) -> None:
