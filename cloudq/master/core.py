@@ -21,8 +21,8 @@ from cloudq.core.model import (
 )
 from cloudq.errors import NotFoundError, QueueFullError, ValidationError
 from cloudq.master.delivery import Delivery
+from cloudq.master.groups import Groups
 from cloudq.master.state import Hooks, MasterConfig, awaiting_kill
-from cloudq.master.views import Views
 from cloudq.master.workers import WorkerRecord
 
 S = TaskState
@@ -33,7 +33,7 @@ WAITING = (S.QUEUED, S.RETRYING, S.HELD)  # not on a worker yet: its priority ma
 __all__ = ["Hooks", "Master", "MasterConfig"]
 
 
-class Master(Delivery, Views):
+class Master(Delivery, Groups):
     # ------------------------------------------------------------------ tasks
     def submit(self, requests: list[Any]) -> list[Task]:
         """Validates every request first: a batch is accepted whole or refused whole."""
