@@ -10,8 +10,9 @@ the shell leaves the master running. Both answer the watcher's `feed` with the s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,13 +83,18 @@ class RemoteLink:
         self._feeder.ping()  # a wrong address or certificate is said now, not at a command
         self.address = self._feeder.address
 
-    def _take(self) -> Any:
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[Any]:
+        """A pooled connection for one command: given back after, closed if the command
+        failed (the connection may be unusable) or more than two are idle."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
-
-    def _give_back(self, client: Any) -> None:
+            client = self._idle.pop() if self._idle else None
+        client = client or self._connect()
+        try:
+            yield client
+        except BaseException:
+            client.close()
+            raise
         with self._lock:
             if len(self._idle) < 2:
                 self._idle.append(client)
@@ -102,30 +108,19 @@ class RemoteLink:
         files = files_to_send(argv)  # read here, where the operator typed the path
         if cmd.changes_master(args):  # the master cannot say when it begins: begun when sent
             guard.begin_change(cmd.name)  # refused when read-only; stopped if interrupted
-        client = self._take()
-        try:
-            result = client.command(argv, files, read_only=guard.read_only)
-        except BaseException:
-            client.close()
-            raise
-        self._give_back(client)
-        return result
+        with self._client() as client:
+            return client.command(argv, files, read_only=guard.read_only)
 
     def _wait(self, args: argparse.Namespace) -> Result:
         from cloudq.commands.tasks import ended_result
 
-        client = self._take()
-        try:
+        with self._client() as client:
             try:
                 client.wait(args.ids, args.timeout)
                 status = ""
             except TimeoutError as err:
                 status = str(err)
             result = ended_result([client.get(task_id) for task_id in args.ids])
-        except BaseException:
-            client.close()
-            raise
-        self._give_back(client)
         result.status = status
         return result
 
