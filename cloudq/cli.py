@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"cloudq: unknown log level {args.log_level!r}")
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -USR1 PID` prints every thread's stack to stderr: what a hung process is waiting
+    # for, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return _run(args)
     except CloudqError as err:

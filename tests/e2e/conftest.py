@@ -64,6 +64,30 @@ def _tmux_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
 
 
+def _ended(pid: int) -> bool:
+    """The process has exited: gone, or a zombie nobody has reaped."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _masters_under(pid: int) -> list[psutil.Process]:
+    """The `cloudq master` processes among `pid` and its descendants."""
+    try:
+        top = psutil.Process(pid)
+        tree = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            argv = proc.cmdline()
+            if "cloudq" in argv and "master" in argv:
+                found.append(proc)
+    return found
+
+
 class TmuxShell:
     """One `cloudq master` with its interactive shell, in a tmux server of its own (own socket,
     no user config), so nothing here touches anybody else's tmux."""
@@ -224,20 +248,34 @@ class TmuxShell:
 
         Debian's tmux is built with libutempter, whose helper briefly installs its own SIGCHLD
         handler when a pane's pty closes; a child that exits in that window is left a zombie and
-        its status never read (tmux/tmux#311, #4559). The workaround given there: send the tmux
-        server (our own, private one) a SIGCHLD, which makes it reap the pane's process."""
-        self.wait(lambda: self.pane_dead()[0], timeout, "the pane's process to exit")
+        its status never read (tmux/tmux#311, #4559), and the pane is then never marked dead.
+        The workaround given there: send the tmux server (our own, private one) a SIGCHLD,
+        which makes it reap the pane's process. So whenever the process has ended (gone or a
+        zombie) and tmux has no status yet, the server is nudged.
+
+        A process still running at the deadline is asked for its threads' stacks (SIGUSR1,
+        faulthandler), which it prints into the pane, so the failure says what it waits for."""
         server = int(self._tmux("display-message", "-p", "#{pid}").strip())
 
-        def status() -> int | None:
-            code = self.pane_dead()[1]
-            if code is None:
+        def status() -> tuple[int] | None:
+            dead, code = self.pane_dead()
+            if code is not None:
+                return (code,)
+            if dead or _ended(self.pane_pid):
                 os.kill(server, signal.SIGCHLD)
-            return code
+            return None
 
-        code = wait_until(lambda: (c := status()) is not None and (c,), 10,
-                          "tmux to read the pane's exit status", every=0.2)
-        return code[0]
+        try:
+            return wait_until(status, timeout, "the pane's process to exit", every=0.2)[0]
+        except AssertionError as err:
+            running = not _ended(self.pane_pid)
+            if running:
+                for proc in _masters_under(self.pane_pid):
+                    proc.send_signal(signal.SIGUSR1)
+                with contextlib.suppress(AssertionError):
+                    wait_until(lambda: "most recent call first" in self.screen(), 5, "a stack dump")
+            raise AssertionError(f"{err} (the process is {'still running' if running else 'gone'}); "
+                                 f"the pane shows:\n{self.tail(120)}") from None
 
     def local_worker(self) -> psutil.Process:
         """The master's local worker process, found by its command line (our unique work dir)."""
