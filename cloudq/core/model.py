@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from cloudq import defaults
@@ -196,6 +198,10 @@ REQUEST_FIELDS = {
 MAX_DEPENDENCIES = 1000  # tasks one task may wait for
 
 
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+NO_RESOURCES = Resources()  # what a task that asks for nothing gets
+
+
 @dataclass(slots=True)
 class Task:
     id: str
@@ -205,9 +211,9 @@ class Task:
     owner: str = "default"
     queue: QueueClass = QueueClass.DEFAULT
     priority: Priority = Priority.MEDIUM
-    resources: Resources = field(default_factory=Resources)
+    resources: Resources = field(default_factory=lambda: NO_RESOURCES)  # frozen: one shared
     target_worker: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)  # one shared when empty
     locks: tuple[LockSpec, ...] = ()
     max_retries: int = defaults.MAX_RETRIES
     retry_backoff_s: float = defaults.RETRY_BACKOFF_S
@@ -225,7 +231,7 @@ class Task:
     last_error: str | None = None
     reason: str | None = None  # why it is waiting, in words
     worker: str | None = None
-    tried_workers: list[str] = field(default_factory=list)
+    tried_workers: tuple[str, ...] = ()
     created_at: float = 0.0
     updated_at: float = 0.0
     queued_at: float | None = None
@@ -239,9 +245,10 @@ class Task:
     request_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
-    def order_key(self) -> tuple[int, int, int]:
-        """Queue order: class, then priority, then FIFO."""
-        return (self.queue.rank, self.priority.rank, self.seq)
+    def order_key(self) -> int:
+        """Queue order: class, then priority, then FIFO, packed into one int (smaller than a
+        tuple, and every queued task's heap entry holds one). Ids stay below 10**18 < 2**60."""
+        return (self.queue.rank * 4 + self.priority.rank) << 60 | self.seq
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (the enums are str)."""
@@ -276,19 +283,50 @@ class Task:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Task:
         """Rebuilds a stored task. Trusts the shape (it was written by us) but not blindly."""
-        data = {f.name: raw[f.name] for f in fields(cls) if f.name in raw and f.name != "request_json"}
-        data["queue"] = QueueClass(data.get("queue", QueueClass.DEFAULT))
-        data["priority"] = Priority(data.get("priority", Priority.MEDIUM))
-        data["state"] = TaskState(data.get("state", TaskState.PENDING))
-        data["resources"] = Resources(**data.get("resources") or {})
-        data["locks"] = tuple(LockSpec(**lock) for lock in data.get("locks") or ())
-        data["after"] = tuple(data.get("after") or ())
-        data["after_any"] = tuple(data.get("after_any") or ())
+        # Runs for every stored task at every start: lookups in prebuilt tables, and only the
+        # fields the record holds (the stored form leaves out those at their defaults).
+        data = {key: value for key, value in raw.items() if key in _STORED_FIELDS}
+        try:
+            if "queue" in data:
+                data["queue"] = _QUEUE_CLASSES[data["queue"]]
+            if "priority" in data:
+                data["priority"] = _PRIORITIES[data["priority"]]
+            data["state"] = _STATES[data.get("state", "pending")]
+        except KeyError as err:
+            raise ValueError(f"unknown value {err} in stored task {raw.get('id')!r}") from None
+        if "resources" in data:
+            data["resources"] = Resources(**data["resources"] or {})
+        if "locks" in data:
+            data["locks"] = tuple(LockSpec(**lock) for lock in data["locks"] or ())
+        for key in ("after", "after_any", "tried_workers"):
+            if key in data:
+                data[key] = tuple(data[key] or ())
         return cls(**data)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
         return self.after + self.after_any
+
+
+_STORED_FIELDS = frozenset(f.name for f in fields(Task)) - {"request_json"}
+_QUEUE_CLASSES = {member.value: member for member in QueueClass}
+_PRIORITIES = {member.value: member for member in Priority}
+_STATES = {member.value: member for member in TaskState}
+
+# Stored records leave out every field at its default (a no-op task's record is about a fifth
+# of its full form): the journal, the checkpoint and the master's memory all hold less, and
+# Task.from_dict fills the rest in. These fields are always written, whatever their value.
+ALWAYS_STORED = frozenset({"id", "kind", "spec", "seq", "created_at", "state"})
+_BLANK = Task(id="", kind="", spec={})
+REQUEST_DEFAULTS = _BLANK.request_dict()
+STATE_DEFAULTS = _BLANK.state_dict()
+del _BLANK
+
+
+def without_defaults(values: dict[str, Any], defaults_: dict[str, Any]) -> dict[str, Any]:
+    """`values` less the keys whose value is the default (ALWAYS_STORED ones are kept)."""
+    return {key: value for key, value in values.items()
+            if key in ALWAYS_STORED or value != defaults_[key]}
 
 
 def parse_request(raw: Any) -> dict[str, Any]:

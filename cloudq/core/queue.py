@@ -1,7 +1,8 @@
 """A thread-safe priority queue of task ids: O(log n) push, pop, remove and reprioritise.
 
-Order is by key, smallest first; cloudq uses Task.order_key = (queue class rank, priority
-rank, submission seq), which gives live > default > batch, high > medium > low, FIFO within.
+Order is by key, smallest first; cloudq uses Task.order_key (queue class rank, priority rank
+and submission seq, packed into one int), which gives live > default > batch, high > medium >
+low, FIFO within.
 
 Removal is lazy: the heap entry is marked dead and skipped when it reaches the top, so cancel
 does not pay O(n) to find the entry. When dead entries outnumber live ones the heap is rebuilt,

@@ -95,7 +95,8 @@ class Event(NamedTuple):
 
     @classmethod
     def from_dict(cls, raw: dict) -> Event:
-        return cls(**raw)
+        return cls(raw["task"], raw["src"], raw["dst"], raw["reason"], raw["worker"], raw["attempt"],
+                   raw["time"])
 
     def __str__(self) -> str:
         where = f" on {self.worker}" if self.worker else ""
@@ -134,9 +135,10 @@ class EventLog:
 
     def __init__(self, retention: int, per_task: int = 50) -> None:
         self._all: deque[Event] = deque(maxlen=retention)
-        # Lists, not bounded deques: most tasks have a handful of events, and an empty deque
-        # alone is larger than a short list.
-        self._per_task: dict[str, list[Event]] = {}
+        # A task's first event alone, then a list: most queued tasks have one event, and a
+        # list of one costs more than the event itself. Lists, not bounded deques: an empty
+        # deque alone is larger than a short list.
+        self._per_task: dict[str, Event | list[Event]] = {}
         self._per_task_limit = per_task
         self.added = 0  # events ever added: the cursor of `after`
 
@@ -147,14 +149,19 @@ class EventLog:
             return  # a worker's own event: no task's story
         story = self._per_task.get(event.task)
         if story is None:
-            self._per_task[event.task] = [event]
+            self._per_task[event.task] = event
+        elif isinstance(story, Event):
+            self._per_task[event.task] = [story, event]
         else:
             story.append(event)
             if len(story) > self._per_task_limit:
                 del story[0]
 
     def story(self, task_id: str) -> list[Event]:
-        return list(self._per_task.get(task_id, ()))
+        story = self._per_task.get(task_id)
+        if story is None:
+            return []
+        return [story] if isinstance(story, Event) else list(story)
 
     def forget(self, task_id: str) -> None:
         self._per_task.pop(task_id, None)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cloudq.core.model import Task
+from cloudq.core.model import REQUEST_DEFAULTS, STATE_DEFAULTS, Task, without_defaults
 from cloudq.errors import StoreError
 from cloudq.store import Encoded, dumps
 
@@ -20,11 +20,17 @@ log = logging.getLogger("cloudq.master")
 
 
 def encode_task(task: Task) -> Encoded:
-    """The task as the store keeps it. Its request half never changes after submission, so
-    its JSON is made once and kept on the task; a change re-encodes only the bookkeeping."""
-    if task.request_json is None:
-        task.request_json = dumps(task.request_dict())
-    return Encoded(task.id, task.request_json[:-1] + "," + dumps(task.state_dict())[1:])
+    """The task as the store keeps it, without the fields at their defaults.
+
+    Its request half never changes after submission, so while the task is on a worker (where
+    it moves often: assigned, running, ended) that half's JSON is kept on it and a change
+    re-encodes only the bookkeeping. A task at rest (waiting, queued, ended) gives that memory
+    back: there may be millions of them, and they move seldom. Both halves always hold a
+    field, so the join is valid JSON."""
+    request = task.request_json or dumps(without_defaults(task.request_dict(), REQUEST_DEFAULTS))
+    task.request_json = request if task.state.is_active else None
+    state = dumps(without_defaults(task.state_dict(), STATE_DEFAULTS))
+    return Encoded(task.id, request[:-1] + "," + state[1:])
 
 
 CommitHook = Callable[[float, int], None]  # (seconds one group commit took, changes it wrote)

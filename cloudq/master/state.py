@@ -197,7 +197,7 @@ class MasterState:
     def _retry_or_bury(self, task: Task, now: float, why: str, cause: str) -> None:
         """`cause`: one of RETRY_CAUSES, told to the on_retry hooks."""
         if task.worker and task.worker not in task.tried_workers:
-            task.tried_workers.append(task.worker)
+            task.tried_workers = (*task.tried_workers, task.worker)
         if not retry.retries_left(task):
             self._move(task, S.DEAD, now, f"{why}; no retries left after {task.attempt} attempts")
             return

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from cloudq.errors import StoreError
 from cloudq.store.changes import Snapshot, dumps
 from cloudq.store.journal import fsync_dir
@@ -211,9 +213,9 @@ def read(path: Path) -> LoadedCheckpoint:
     header = _verify(raw)
     try:
         text = raw.decode("ascii")
+        doc = orjson.loads(raw)  # several times faster than json on a checkpoint of 100k tasks
         del raw
-        doc = json.loads(text)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+    except ValueError as exc:  # UnicodeDecodeError and orjson.JSONDecodeError are ValueErrors
         raise CorruptCheckpoint(f"not valid JSON: {exc}") from exc
     try:
         return _build(path, header, doc, text)

@@ -130,7 +130,7 @@ def test_lost_worker_requeues_with_backoff_then_dead(master, clock):
     (task,) = master.submit([noop(max_retries=1, retry_backoff_s=5)])
     clock.now += 11
     master.tick()
-    assert task.state is S.RETRYING and task.tried_workers == ["w1"]
+    assert task.state is S.RETRYING and task.tried_workers == ("w1",)
     assert 4.0 <= task.not_before - clock.now <= 6.0  # 5 s +/- 20 % jitter
     assert master.workers["w1"].to_dict()["status"] == "offline"
     clock.now += 6

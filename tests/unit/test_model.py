@@ -73,11 +73,35 @@ def test_journal_text_is_the_whole_task_and_follows_its_changes():
     task = new_task({"kind": "noop", "name": "n1", "labels": {"a": "b"}}, task_id="t1",
                     seq=1, now=1.0)
     first = encode_task(task)
-    assert first.id == "t1" and json.loads(first.text) == json.loads(json.dumps(task.to_dict()))
+    stored = json.loads(first.text)
+    assert first.id == "t1" and Task.from_dict(stored).to_dict() == task.to_dict()
     assert first.text.isascii()
+    # Fields at their defaults are left out; what was asked for and the identity are kept.
+    assert {"max_retries", "locks", "worker", "result", "tried_workers"}.isdisjoint(stored)
+    assert stored["name"] == "n1" and stored["labels"] == {"a": "b"} and stored["state"] == "pending"
     task.state, task.attempt, task.worker = TaskState.ASSIGNED, 1, "w1"
     task.result = {"note": "naïve", "bad": float("nan")}
+    task.tried_workers = ("w0",)
     second = json.loads(encode_task(task).text)
     assert second["state"] == "assigned" and second["attempt"] == 1 and second["worker"] == "w1"
     assert second["result"] == {"note": "naïve", "bad": None}  # NaN is not JSON: stored as null
-    assert second["name"] == "n1" and set(second) == set(task.to_dict())
+    assert second["name"] == "n1"
+    back = Task.from_dict(second)
+    assert back.tried_workers == ("w0",) and back.labels == {"a": "b"} and back.resources == task.resources
+    task.worker, task.state = None, TaskState.QUEUED  # a field back at its default is left out again
+    third = json.loads(encode_task(task).text)
+    assert "worker" not in third and Task.from_dict(third).worker is None
+
+
+def test_a_task_at_rest_keeps_no_encoded_request():
+    from cloudq.master.journal import encode_task
+
+    task = new_task({"kind": "noop"}, task_id="t1", seq=1, now=1.0)
+    encode_task(task)
+    assert task.request_json is None  # pending: memory given back
+    task.state = TaskState.ASSIGNED
+    text = encode_task(task).text
+    assert task.request_json is not None and text.startswith(task.request_json[:-1])
+    task.state = TaskState.COMPLETED
+    encode_task(task)
+    assert task.request_json is None
