@@ -42,6 +42,7 @@ class Delivery(MasterState):
                 info["gpu_mem_gb"], info["max_tasks"], info["labels"], info["capabilities"],
             )
             record.connected, record.last_seen, record.registered_at = True, now, now
+            record.leaving = False
             self._fleet += 1
             record.session += 1
             record.outbox.clear()
@@ -107,6 +108,19 @@ class Delivery(MasterState):
             if now - record.last_seen > keep:
                 self._forget_worker(record, now, f"offline for over {keep:g}s (--forget-offline)")
 
+    def leave(self, name: str, session: int) -> None:
+        """The worker process is stopping: it takes nothing new, and its waiting fetch is
+        answered now instead of at the end of its long-poll, so it stops at once. It stays
+        registered: it still reports how the tasks it stops end, and a restart registers
+        again (which clears this)."""
+        with self._change() as now:
+            record = self._connected(name, session)
+            if not record.leaving:
+                record.leaving = True
+                self._worker_event(name, "stopping", "its process is shutting down; it takes nothing "
+                                   f"new and stops its {len(record.ledger.bookings)} tasks", now)
+            self._wakeups[name].notify_all()
+
     def heartbeat(self, name: str, sample: Any) -> None:
         sample = parse_sample(sample)
         with self._lock:
@@ -130,7 +144,8 @@ class Delivery(MasterState):
             record = self._connected(name, session)
             wake = self._wakeups[name]
             deadline = time.monotonic() + wait_s
-            while not record.outbox and record.session == session and record.connected:
+            while (not record.outbox and record.session == session and record.connected
+                   and not record.leaving):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -113,6 +113,10 @@ class MasterService(rpyc.Service):
         return self.master.fetch(name, _field(payload, "session", int), wait_s, _reports(payload))
 
     @endpoint
+    def exposed_leave(self, payload: Any) -> None:
+        self.master.leave(self._as_worker(payload), _field(payload, "session", int))
+
+    @endpoint
     def exposed_report(self, payload: Any) -> dict[str, Any]:
         name = self._as_worker(payload)
         session = _field(payload, "session", int)

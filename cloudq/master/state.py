@@ -276,8 +276,9 @@ class MasterState:
                   workers, len(ledgers))
 
     def _worker_event(self, name: str, what: str, reason: str, now: float) -> None:
-        """A worker's own change (joined, lost, quarantined, draining, released, forgotten): an
-        event with no task, journalled and shown by `events --worker` like a task's."""
+        """A worker's own change (joined, lost, quarantined, draining, stopping, released,
+        forgotten): an event with no task, journalled and shown by `events --worker` like a
+        task's."""
         event = Event("", "", what, reason, name, 0, now)
         self.events.add(event)
         self._pending.append(("event", event.to_dict()))

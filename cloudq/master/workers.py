@@ -32,6 +32,7 @@ class WorkerRecord:
     ledger: Ledger = field(default_factory=lambda: Ledger("", 0.0, 0.0, 0.0))
     connected: bool = False
     draining: bool = False
+    leaving: bool = False  # its process is stopping (it said so): nothing new, fetch answered at once
     quarantined: bool = False
     quarantine_reason: str = ""
     consecutive_failures: int = 0
@@ -47,7 +48,7 @@ class WorkerRecord:
             return WorkerStatus.OFFLINE
         if self.quarantined:
             return WorkerStatus.QUARANTINED
-        if self.draining:
+        if self.draining or self.leaving:
             return WorkerStatus.DRAINING
         return WorkerStatus.AVAILABLE if self.ledger.slots_free > 0 else WorkerStatus.BUSY
 
@@ -60,6 +61,8 @@ class WorkerRecord:
         status = self.status
         if status is WorkerStatus.QUARANTINED:
             return f"quarantined ({self.quarantine_reason or 'by an operator'}); `release {self.name}`"
+        if status is WorkerStatus.DRAINING and self.leaving and not self.draining:
+            return "stopping: its worker process is shutting down"
         if status is WorkerStatus.DRAINING:
             return "draining: finishes what it runs, takes nothing new"
         if status is WorkerStatus.OFFLINE:

@@ -76,6 +76,7 @@ class WorkerAgent(MasterConnection, TaskRunner):
         reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
         reporter.start()
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        threading.Thread(target=self._leave_when_stopping, name="leaver", daemon=True).start()
         backoff = Backoff("fetch", log)
         while not self.stopping.is_set():
             generation = self._generation
@@ -104,6 +105,15 @@ class WorkerAgent(MasterConnection, TaskRunner):
         self._fetching.clear()
         self._stop_tasks()
         reporter.join(timeout=10)  # it leaves once the last outcome is sent
+
+    def _leave_when_stopping(self) -> None:
+        """Tells the master when this worker starts to stop: it then answers the waiting
+        fetch at once, so a stop does not wait out the long-poll (POLL_WAIT_S)."""
+        self.stopping.wait()
+        conn = self._report_conn
+        if conn is not None:
+            with contextlib.suppress(Exception):  # unheard, the fetch still ends by POLL_WAIT_S
+                conn.call("leave", {"name": self.name, "session": self._session})
 
     def _watchdog(self) -> None:
         """Kills running tasks once the master has been unreachable for most of the lease.

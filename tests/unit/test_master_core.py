@@ -392,3 +392,25 @@ def test_a_failed_attempt_that_will_retry_is_not_marked_finished(master):
     master.report("w", s, [{"task": task.id, "attempt": 1, "state": "failed", "result": {"error": "x"}}])
     assert task.state is S.RETRYING and task.finished_at is None
     assert not master.workers["w"].ledger.bookings
+
+
+def test_a_leaving_worker_is_answered_at_once_and_takes_nothing_new(master):
+    import threading
+    import time
+
+    session = worker(master, "worker-1")
+    answered: list[tuple[float, list]] = []
+    started = time.monotonic()
+    poll = threading.Thread(target=lambda: answered.append(
+        (time.monotonic() - started, master.fetch("worker-1", session, wait_s=30))))
+    poll.start()
+    master.leave("worker-1", session)
+    poll.join(timeout=10)
+    assert answered and answered[0][1] == [] and answered[0][0] < 5  # not the 30 s long-poll
+    assert fetch(master, "worker-1", session) == []  # and every later fetch too
+    (task,) = master.submit([noop()])
+    assert task.state is S.QUEUED
+    assert master.why(task.id)["workers"]["worker-1"] == "stopping: its worker process is shutting down"
+    assert [e.dst for e in master.events.recent(5) if e.worker == "worker-1"][-1] == "stopping"
+    again = worker(master, "worker-1")  # the restarted process registers: it takes work again
+    assert task.state is S.ASSIGNED and fetch(master, "worker-1", again)[0]["assign"]["id"] == task.id
