@@ -200,16 +200,13 @@ class Master(Delivery, Groups):
             task = self._in_state(task_id, WAITING, "re-prioritised")
             before = f"{task.queue}/{task.priority}"
             queued = self.backlog.remove(task.id)
-            self._waiting[task.queue].pop(task.id, None)
-            if queued:
-                self._queued_by_priority[task.priority] -= 1
+            self.waiting.leave(task)
             task.priority = new_priority
             task.queue = new_queue or task.queue
             task.request_json = None  # the request half changed: encode it again
             if queued:
                 self.backlog.add(task, self._required(task))
-                self._wait_in(task.queue, task.id, task.queued_at or now)
-                self._queued_by_priority[task.priority] += 1
+                self.waiting.enter(task, task.queued_at or now)
             self._note(task, now, f"priority {before} -> {task.queue}/{task.priority} by an operator")
             self._place(now)
         return task

@@ -30,9 +30,10 @@ import orjson
 from cloudq import defaults
 from cloudq.core import retry
 from cloudq.core.ledger import Booking, Ledger, LockTable
-from cloudq.core.model import Priority, QueueClass, Task, TaskState
+from cloudq.core.model import Task, TaskState
 from cloudq.core.scheduler import Backlog, Scheduler
 from cloudq.core.transitions import EFFECTS, Event, EventLog, move
+from cloudq.core.waiting import WaitingLine
 from cloudq.errors import NotFoundError
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.waits import Waits
@@ -121,10 +122,7 @@ class MasterState:
         self._counts: Counter[TaskState] = Counter()
         self._retrying: set[str] = set()  # tasks waiting out a back-off
         self._expiring: set[str] = set()  # queued tasks with a time-to-live
-        # Queued ids by class, in the order they were queued, with when: the oldest wait is the
-        # first of each (toolbar, metrics) without a scan of the backlog.
-        self._waiting: dict[QueueClass, dict[str, float]] = {q: {} for q in QueueClass}
-        self._queued_by_priority: Counter[Priority] = Counter()  # the same tasks, by priority
+        self.waiting = WaitingLine()  # the queued tasks by class and priority, oldest wait first
         self._timer_failed: set[str] = set()  # tasks whose deadline check raised: left out
         self._blocked_told: dict[str, tuple[str, tuple[str, ...]]] = {}  # lock waits in events
         self.waits = Waits(self.tasks)  # pending tasks and those they wait for
@@ -344,20 +342,9 @@ class MasterState:
         task.worker = None
         task.not_before = None
         self.backlog.add(task, self._required(task))
-        self._waiting[task.queue][task.id] = task.queued_at
-        self._queued_by_priority[task.priority] += 1
+        self.waiting.enter(task, task.queued_at)
         if task.ttl_s:
             self._expiring.add(task.id)
-
-    def _wait_in(self, queue: QueueClass, task_id: str, since: float) -> None:
-        """A task moved into another class keeps its place there by time: when it is older
-        than the newest, the class's order is mended (Timsort puts one element out of place
-        back in a single pass). Only an operator's class change comes here."""
-        waiting = self._waiting[queue]
-        newest = next(reversed(waiting.values()), None)
-        waiting[task_id] = since
-        if newest is not None and since < newest:
-            self._waiting[queue] = dict(sorted(waiting.items(), key=lambda item: item[1]))
 
     def _release(self, task: Task) -> None:
         record = self.workers.get(task.worker or "")
@@ -395,8 +382,7 @@ class MasterState:
         if src is _RUNNING_STATE:
             self._progressed.pop(task.id, None)
         if src is _QUEUED:
-            self._waiting[task.queue].pop(task.id, None)
-            self._queued_by_priority[task.priority] -= 1
+            self.waiting.leave(task)
             self._blocked_told.pop(task.id, None)
         if effects.release:
             self._release(task)

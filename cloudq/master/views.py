@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
-from cloudq.core.model import Priority, Task, TaskState, new_task
+from cloudq.core.model import Task, TaskState, new_task
 from cloudq.core.scheduler import explain, misfit, never_fits, summarise
 from cloudq.core.transitions import Event
 from cloudq.errors import NotFoundError
@@ -308,9 +308,7 @@ class Views(MasterState):
         """Seconds the longest-waiting queued task of each queue class has waited (classes
         with a queued task only)."""
         with self._lock:
-            now = self.clock()
-            return {str(q): round(max(now - first, 0.0), 3) for q, waiting in self._waiting.items()
-                    for first in itertools.islice(waiting.values(), 1)}
+            return self.waiting.oldest(self.clock())
 
     def figures(self, also: Callable[[], Any] | None = None) -> dict[str, Any]:
         """What the metrics endpoint reads at each scrape, in one hold of the lock: the counts
@@ -336,8 +334,8 @@ class Views(MasterState):
                 "uptime_s": now - self.started_at,
                 "tasks": {state.value: self._counts[state] for state in S},
                 "queued": len(self.backlog),
-                "queued_by_class": {str(q): len(waiting) for q, waiting in self._waiting.items()},
-                "queued_by_priority": {str(p): self._queued_by_priority[p] for p in Priority},
+                "queued_by_class": self.waiting.by_class(),
+                "queued_by_priority": self.waiting.by_priority(),
                 "oldest_wait_s": self.oldest_waits(),
                 "workers": statuses,
                 "worker_rows": rows,
