@@ -4,7 +4,7 @@
 
     with Client("10.0.0.5:18861", tls_dir="certs") as cq:
         task = cq.submit(kind="exec", spec={"argv": ["python3", "train.py"]}, locks=["model-x"])
-        done = cq.wait([task["id"]], timeout=3600)[task["id"]]
+        done = task.wait(timeout=3600)
         print(done["state"], done["result"])
 
 Every method is one or a few RPC calls; errors are the `cloudq.errors` hierarchy
@@ -39,14 +39,14 @@ class Client:
         self.address = self._rpc.address
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, **fields: Any) -> dict[str, Any]:
+    def submit(self, **fields: Any) -> TaskHandle:
         """One task, as fields (kind, spec, resources, queue, priority, locks, after...);
-        returns {id, name, state, worker, attempt}."""
+        returns its handle: {id, name, state, worker, attempt}, with .wait(), .get()..."""
         return self.submit_many([fields])[0]
 
-    def submit_many(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def submit_many(self, tasks: list[dict[str, Any]]) -> list[TaskHandle]:
         """A batch, accepted or refused whole (the error names the bad task)."""
-        return self._rpc.call("submit", {"tasks": tasks})
+        return [TaskHandle(self, view) for view in self._rpc.call("submit", {"tasks": tasks})]
 
     def get(self, task_id: str) -> dict[str, Any]:
         """Everything about one task (what `show` prints), with its last events."""
@@ -175,3 +175,39 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TaskHandle(dict[str, Any]):
+    """One submitted task: what the master said at submit (id, name, state, worker, attempt),
+    as a plain dict (it prints and serialises as one), with the client's per-task calls bound
+    to its id. The dict is that answer, not a live view: `get()` reads the task now."""
+
+    def __init__(self, client: Client, view: dict[str, Any]) -> None:
+        super().__init__(view)
+        self._client = client
+
+    @property
+    def id(self) -> str:
+        return str(self["id"])
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """The task once it has ended (see Client.wait); TimeoutError after `timeout` s."""
+        return self._client.wait([self.id], timeout)[self.id]
+
+    def get(self) -> dict[str, Any]:
+        return self._client.get(self.id)
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        return self._client.logs(self.id, follow)
+
+    def cancel(self) -> dict[str, Any]:
+        return self._client.cancel(self.id)
+
+    def hold(self) -> dict[str, Any]:
+        return self._client.hold(self.id)
+
+    def release(self) -> dict[str, Any] | None:
+        return self._client.release(self.id)
+
+    def retry(self) -> dict[str, Any]:
+        return self._client.retry(self.id)

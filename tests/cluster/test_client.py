@@ -38,7 +38,12 @@ def test_submit_and_wait_for_each_outcome_and_many_at_once(cluster):
             ok["id"]: "completed", bad["id"]: "dead", slow["id"]: "cancelled"}
         assert ended[ok["id"]]["result"]["log_tail"].strip() == "fine"
         many = cq.submit_many([{"kind": "noop"} for _ in range(50)])
-        assert len(cq.wait([t["id"] for t in many], timeout=60)) == 50
+        assert len(cq.wait([t.id for t in many], timeout=60)) == 50
+        # A handle: the submit answer as a dict, with the per-task calls bound to its id.
+        handle = cq.submit(kind="exec", spec={"argv": ["sh", "-c", "echo handled"]})
+        assert handle["state"] in ("queued", "assigned") and handle.id == handle["id"]
+        assert handle.wait(timeout=30)["state"] == "completed"
+        assert handle.get()["state"] == "completed" and "handled" in "".join(handle.logs())
         # Submit to done, seen by wait, on an idle worker: event-driven, not polled.
         took = []
         for _ in range(20):
