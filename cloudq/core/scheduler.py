@@ -78,13 +78,27 @@ class Backlog:
         self.reasons: dict[Shape, str] = {}
 
     def add(self, task: Task, capabilities: frozenset[str]) -> None:
-        key = shape_key(task, capabilities)
+        shape = self._shape(shape_key(task, capabilities))
+        self._groups[shape].push(task.id, task.order_key)
+        self._shape_of[task.id] = shape
+
+    def add_many(self, tasks: Iterable[tuple[Task, frozenset[str]]]) -> None:
+        """add() for many tasks at once, with one heap build per shape (a restart)."""
+        by_shape: dict[Shape, list[tuple[str, int]]] = {}
+        for task, capabilities in tasks:
+            shape = self._shape(shape_key(task, capabilities))
+            by_shape.setdefault(shape, []).append((task.id, task.order_key))
+            self._shape_of[task.id] = shape
+        for shape, items in by_shape.items():
+            self._groups[shape].push_many(items)
+
+    def _shape(self, key: ShapeKey) -> Shape:
+        """The interned shape of `key`, with its (maybe new, empty) queue."""
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shapes[key] = Shape(key)
             self._groups[shape] = TaskQueue()
-        self._groups[shape].push(task.id, task.order_key)
-        self._shape_of[task.id] = shape
+        return shape
 
     def remove(self, task_id: str) -> bool:
         shape = self._shape_of.pop(task_id, None)

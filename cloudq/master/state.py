@@ -160,8 +160,7 @@ class MasterState:
                     record = self._worker(task.worker or "?")
                     record.last_seen = now  # give it one lease to come back
                     record.ledger.bookings.setdefault(task.id, Booking(0.0, 0.0, 0.0, ()))
-            for task in sorted(queued, key=lambda t: t.queued_at or 0.0):  # oldest wait first
-                self._enqueue(task, since=task.queued_at)
+            self._enqueue_all(sorted(queued, key=lambda t: t.queued_at or 0.0))  # oldest wait first
             for task in self.tasks.values():
                 if task.state is S.PENDING:  # waits for others: found again when they end
                     self.waits.park(task)
@@ -336,6 +335,20 @@ class MasterState:
             # task.spec was normalised by validate_spec on submit: no need to check it again
             caps = self._capabilities[key] = capabilities_of(task.kind, task.spec)
         return caps
+
+    def _enqueue_all(self, tasks: list[Task]) -> None:
+        """_enqueue for the tasks a restart finds queued, given oldest wait first: one heap
+        build per shape instead of a push per task. Each keeps its queued_at: TTL and aging
+        go on from where they were."""
+        now = self.clock()
+        for task in tasks:
+            task.queued_at = task.queued_at or now
+            task.worker = None
+            task.not_before = None
+            self.waiting.enter(task, task.queued_at)
+            if task.ttl_s:
+                self._expiring.add(task.id)
+        self.backlog.add_many((task, self._required(task)) for task in tasks)
 
     def _enqueue(self, task: Task, since: float | None = None) -> None:
         task.queued_at = since or self.clock()  # kept across a restart: TTL and aging go on

@@ -112,3 +112,21 @@ def test_concurrent_push_pop_loses_nothing():
         t.join(timeout=30)
     assert len(popped) == 8000 and len(set(popped)) == 8000
     assert len(queue) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 10**6)), unique_by=lambda p: p[1], max_size=80),
+       st.integers(0, 80))
+def test_push_many_orders_as_one_push_each(keys, split):
+    """A restart queues in bulk; what it pops must not differ from pushing one by one, also
+    into a queue that already holds some."""
+    items = [(f"t{seq}", rank << 60 | seq) for rank, seq in keys]
+    one_by_one, in_bulk = TaskQueue(), TaskQueue()
+    for task_id, key in items:
+        one_by_one.push(task_id, key)
+    for task_id, key in items[:split]:
+        in_bulk.push(task_id, key)
+    in_bulk.push_many(items[split:])
+    assert [one_by_one.pop() for _ in items] == [in_bulk.pop() for _ in items]
+    with pytest.raises(KeyError):
+        in_bulk.push_many([("t1", 1), ("t1", 2)])
