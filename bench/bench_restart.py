@@ -46,6 +46,7 @@ def _open(directory: Path):
     from cloudq import defaults
     from cloudq.master.core import Master, MasterConfig
     from cloudq.master.journal import StoreJournal
+    from cloudq.master.state import consume
     from cloudq.store import Store
 
     store = Store(directory, checkpoint_every=defaults.CHECKPOINT_EVERY,
@@ -55,7 +56,7 @@ def _open(directory: Path):
     state = store.load()
     loaded = time.perf_counter()
     master = Master(StoreJournal(store), MasterConfig(max_queued=10**7))
-    master.restore(state.records.values(), state.events, state.meta)
+    master.restore(consume(state.records), state.events, state.meta)
     del state
     return store, master, loaded - started, time.perf_counter() - loaded
 

@@ -23,6 +23,7 @@ from cloudq.master.core import Master, MasterConfig
 from cloudq.master.journal import StoreJournal
 from cloudq.master.processor import Processor
 from cloudq.master.service import make_service
+from cloudq.master.state import consume
 from cloudq.rpc.server import ConnectionSlots, start_server
 from cloudq.store import Store
 
@@ -60,7 +61,7 @@ class MasterProcess:
         state = self.store.load()
         journal = StoreJournal(self.store)
         self.master = Master(journal, options.config)
-        self.master.restore(state.records.values(), state.events, state.meta)
+        self.master.restore(consume(state.records), state.events, state.meta)
         journal.on_failure = self.master.roll_back
         self.audit = None
         if options.audit_log is not None:

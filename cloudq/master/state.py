@@ -185,7 +185,7 @@ class MasterState:
                 record.session += 1
                 self._wakeups[name].notify_all()
             self._fresh()
-            self.restore(stored.records.values(), stored.events, stored.meta)
+            self.restore(consume(stored.records), stored.events, stored.meta)
 
     def _lost(self, task: Task, now: float, why: str) -> None:
         task.last_error = why
@@ -512,3 +512,10 @@ def awaiting_kill(task: Task) -> bool:
     """Cancelled while on a worker, and the worker has not yet confirmed it stopped."""
     return task.state is S.CANCELLED and bool(task.worker) and task.finished_at is None
 
+
+def consume(records: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The loaded records for restore(), each taken out of `records` as it is handed over, so
+    its memory is freed and reused for the task built from it: a restart then needs about the
+    state's size once, not the parsed records and the state side by side."""
+    while records:
+        yield records.popitem()[1]
