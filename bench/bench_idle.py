@@ -5,8 +5,9 @@
 
 A real master process (durable store, no shell). The workers are simulated in this process,
 over real RPC connections, doing what an idle `cloudq worker` does: two connections each, a
-`fetch` long-poll renewed every POLL_WAIT_S on one, and a `report` with a live sample every
-heartbeat (2 s) on the other. The master's CPU (user + system, from /proc) is measured over
+`fetch` long-poll renewed every POLL_WAIT_S on one, carrying the live sample when the master
+says it reads it there (`fetch_sample` at registration); otherwise, as with older masters, a
+`report` with a live sample every heartbeat (2 s) on the other. The master's CPU (user + system, from /proc) is measured over
 the window once every worker has registered; the figure is the share of one core.
 """
 
@@ -42,13 +43,20 @@ class SimulatedWorker:
         self.report_conn = MasterClient(address, None, name)
         reply = self.fetch_conn.call("register", {"facts": {**facts, "name": name}, "running": []})
         self.session = int(reply["session"])
+        # As `cloudq worker` does: with a master that reads samples from fetch, an idle worker
+        # sends no heartbeat reports; its fetch carries the sample.
+        self.fetch_heartbeat = reply.get("fetch_sample") is True
+        self.sample: dict = {}
         self.calls = 0
         self.thread = threading.Thread(target=self._fetch_loop, name=f"fetch-{name}", daemon=True)
 
     def _fetch_loop(self) -> None:
         while not self.stop.is_set():
-            self.fetch_conn.call("fetch", {"name": self.name, "session": self.session,
-                                           "wait_s": self.poll_wait_s, "reports": []})
+            payload = {"name": self.name, "session": self.session, "wait_s": self.poll_wait_s,
+                       "reports": []}
+            if self.fetch_heartbeat:
+                payload["sample"] = self.sample
+            self.fetch_conn.call("fetch", payload)
             self.calls += 1
 
     def heartbeat(self, sample: dict) -> None:
@@ -62,7 +70,11 @@ class SimulatedWorker:
 
 
 def _heartbeats(workers: list[SimulatedWorker], sample: dict, stop: threading.Event) -> None:
-    """Every worker reports once per heartbeat, spread evenly over it, as 200 machines would."""
+    """Every worker that sends heartbeat reports sends one per heartbeat, spread evenly over
+    it, as 200 machines would."""
+    workers = [worker for worker in workers if not worker.fetch_heartbeat]
+    if not workers:
+        return
     gap = defaults.HEARTBEAT_S / len(workers)
     next_at = time.monotonic()
     while not stop.is_set():
@@ -98,6 +110,7 @@ def main() -> None:
         try:
             workers = [SimulatedWorker(master.address, f"sim{i}", facts, stop, args.poll_wait) for i in range(args.workers)]
             for worker in workers:
+                worker.sample = sample
                 worker.thread.start()
             threading.Thread(target=_heartbeats, args=(workers, sample, stop), daemon=True).start()
             wait_until(lambda: master.client().call("call", {"argv": ["status"], "files": {},

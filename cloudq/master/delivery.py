@@ -54,7 +54,7 @@ class Delivery(MasterState):
                                f"re-adopted {len(running) - len(stop)} running", now)
             self._place(now)
         return {"session": record.session, "stop": stop, "lease_s": self.config.lease_s,
-                "heartbeat_s": self.config.heartbeat_s}
+                "heartbeat_s": self.config.heartbeat_s, "fetch_sample": True}
 
     def _readopt(
         self, record: WorkerRecord, old: dict, running: dict[str, int], now: float
@@ -129,28 +129,41 @@ class Delivery(MasterState):
             record.sample = sample
 
     def fetch(
-        self, name: str, session: int, wait_s: float, reports: list[Any] = ()
+        self, name: str, session: int, wait_s: float, reports: list[Any] = (),
+        sample: Any = None,
     ) -> list[dict[str, Any]]:
         """Instructions for a worker (assignments, cancels), waiting up to wait_s for some.
 
         `reports` are outcomes the fetching thread has at hand (tasks it ran itself, which
         finished at once): they are applied first, like a report, so the room they free is
         filled and the new assignments go back in this same reply. A refused one needs nothing
-        from the worker (the task has already ended there), so refusals are not returned."""
+        from the worker (the task has already ended there), so refusals are not returned.
+        `sample` is an idle worker's heartbeat: while this call waits, an idle worker counts
+        as heard (see _timers), so it makes one call per long-poll."""
         wait_s = min(max(float(wait_s), 0.0), 30.0)
+        if sample is not None:
+            sample = parse_sample(sample)
         if reports:
             self.report(name, session, reports)
         with self._lock:
             record = self._connected(name, session)
+            record.last_seen = self.clock()
+            if sample is not None:
+                record.sample = sample
             wake = self._wakeups[name]
             deadline = time.monotonic() + wait_s
-            while (not record.outbox and record.session == session and record.connected
-                   and not record.leaving):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wake.wait(left)
-            record.last_seen = self.clock()
+            record.polling += 1
+            try:
+                while (not record.outbox and record.session == session and record.connected
+                       and not record.leaving):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    wake.wait(left)
+            finally:
+                record.polling -= 1
+            # No last_seen here: the wait ending is the master's own clock, not word from the
+            # worker (a killed one's poll still ends), so only the call's arrival counts.
             out = list(record.outbox) if record.session == session else []
             record.outbox.clear()
             ticket = record.outbox_ticket
@@ -256,6 +269,12 @@ class Delivery(MasterState):
         """Each item is handled on its own: one that fails is logged and skipped, and the
         deadlines of every other task and worker are still kept."""
         for record in list(self.workers.values()):
+            if record.polling and not record.ledger.bookings:
+                # An idle worker whose fetch waits here is heard now: that open long-poll is
+                # its heartbeat (its live sample comes with its fetches). One killed while idle
+                # is known lost when the poll (at most a lease) and then its lease run out.
+                # A worker with tasks reports every heartbeat, and its silence counts as ever.
+                record.last_seen = now
             silent = now - record.last_seen > self.config.lease_s
             if silent and (record.connected or record.ledger.bookings):
                 self._guarded(self._expire, record, now)

@@ -110,7 +110,8 @@ class MasterService(rpyc.Service):
         wait_s = payload.get("wait_s", 0.0)
         if isinstance(wait_s, bool) or not isinstance(wait_s, int | float):
             raise ValidationError("'wait_s' must be a number")
-        return self.master.fetch(name, _field(payload, "session", int), wait_s, _reports(payload))
+        return self.master.fetch(name, _field(payload, "session", int), wait_s, _reports(payload),
+                                 payload.get("sample"))
 
     @endpoint
     def exposed_leave(self, payload: Any) -> None:

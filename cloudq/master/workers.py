@@ -37,6 +37,7 @@ class WorkerRecord:
     quarantine_reason: str = ""
     consecutive_failures: int = 0
     last_seen: float = 0.0
+    polling: int = 0  # its fetch calls waiting on the master now
     registered_at: float = 0.0
     session: int = 0  # bumped on every registration: a fetch from an older session is stale
     outbox: deque[dict[str, Any]] = field(default_factory=deque)  # instructions not yet fetched

@@ -62,6 +62,8 @@ class WorkerAgent(MasterConnection, TaskRunner):
         self._init_connection()
         self._report_backoff = Backoff("report", log)
         self.gpu_energy = probes.GpuEnergy()
+        self._sample_lock = threading.Lock()  # both loops take samples
+        self._next_fetch_sample = 0.0
         self.container_mem_default = container_mem_default(options, self.facts["mem_gb"])
 
     def _run_task(self, ctx: RunContext) -> RunResult:
@@ -81,12 +83,14 @@ class WorkerAgent(MasterConnection, TaskRunner):
         while not self.stopping.is_set():
             generation = self._generation
             at_hand, self._at_hand = self._at_hand, []
+            # Outcomes of the instant tasks this thread ran ride along: one call frees their
+            # room and brings the next assignments. An idle worker's heartbeat rides along too.
+            payload = {"name": self.name, "session": self._session, "reports": at_hand,
+                       "wait_s": min(defaults.POLL_WAIT_S, self._lease_s)}
+            if self._idle_heartbeat_due():
+                payload["sample"] = self._live_sample()
             try:
-                # Outcomes of the instant tasks this thread ran ride along: one call frees
-                # their room and brings the next assignments.
-                instructions = self._fetch_conn.call(  # type: ignore[union-attr]
-                    "fetch", {"name": self.name, "session": self._session,
-                              "wait_s": defaults.POLL_WAIT_S, "reports": at_hand})
+                instructions = self._fetch_conn.call("fetch", payload)  # type: ignore[union-attr]
             except LOST_MASTER as err:
                 self._at_hand = at_hand + self._at_hand  # sent again once registered again
                 self._lost_master(generation, err)
@@ -144,13 +148,34 @@ class WorkerAgent(MasterConnection, TaskRunner):
             batch = self._drain(timeout=max(next_beat - time.monotonic(), 0.0))
             sample = None
             if time.monotonic() >= next_beat:
-                sample = probes.live_sample(self.options.work_dir)
-                self.gpu_energy.add(sample["gpus"])
                 next_beat = time.monotonic() + self._heartbeat_s
-                batch = self._log_tails(batch)
+                if batch or self.running or not self._fetch_heartbeat:
+                    sample = self._live_sample()
+                    batch = self._log_tails(batch)
+                # else idle: the fetch long-poll is the heartbeat (_idle_heartbeat_due)
             if not batch and sample is None:
                 continue
             self._send(batch, sample)
+
+    def _idle_heartbeat_due(self) -> bool:
+        """An idle worker sends no heartbeat reports: while its fetch waits on the master it
+        counts as heard, and its live sample goes with the fetch, at most once a heartbeat
+        (instant tasks make fetches far more often). Only with a master that says it reads
+        them (`fetch_sample` at registration); an older one gets heartbeat reports as ever."""
+        if not self._fetch_heartbeat or self.running:
+            return False
+        now = time.monotonic()
+        if now < self._next_fetch_sample:
+            return False
+        self._next_fetch_sample = now + self._heartbeat_s
+        return True
+
+    def _live_sample(self) -> dict[str, Any]:
+        """A live sample, with each GPU's energy so far; from the fetch or the report loop."""
+        sample = probes.live_sample(self.options.work_dir)
+        with self._sample_lock:
+            self.gpu_energy.add(sample["gpus"])
+        return sample
 
     def _send(self, batch: list[dict[str, Any]], sample: dict[str, Any] | None) -> None:
         """Sends until the master takes the batch; what was queued meanwhile joins it."""

@@ -58,6 +58,7 @@ class MasterConnection:
         self._fetch_conn: MasterClient | None = None
         self._report_conn: MasterClient | None = None
         self._heartbeat_s = defaults.HEARTBEAT_S
+        self._fetch_heartbeat = False  # the master reads an idle worker's sample from its fetch
         self._lease_s = defaults.LEASE_S
         self._last_contact = time.monotonic()
         self.facts = self._facts()
@@ -105,6 +106,7 @@ class MasterConnection:
             reply = fetch.call("register", {"facts": self.facts, "running": running})
             session = int(reply["session"])
             heartbeat_s = float(reply.get("heartbeat_s") or defaults.HEARTBEAT_S)
+            fetch_heartbeat = reply.get("fetch_sample") is True
             lease_s = float(reply.get("lease_s") or defaults.LEASE_S)
         except BaseException:
             for conn in (fetch, report):  # a failed attempt must not leak its sockets
@@ -115,6 +117,7 @@ class MasterConnection:
             self._fetch_conn, self._report_conn = fetch, report
             self._session = session
             self._heartbeat_s = heartbeat_s
+            self._fetch_heartbeat = fetch_heartbeat
             self._lease_s = lease_s
             self._last_contact = time.monotonic()
             self._generation += 1

@@ -93,7 +93,7 @@ class GpuEnergy:
     longer than MAX_GAP_S (the worker could not sample, or the GPU gave no power reading) is
     left out rather than guessed. `add` writes the running total into each GPU's sample as
     `energy_j`, so the master gets it with every heartbeat and loses nothing when a heartbeat
-    is lost. Used by the report loop only (one thread)."""
+    is lost. Callers serialise their calls (the worker takes samples from two loops)."""
 
     MAX_GAP_S = 60.0
 

@@ -414,3 +414,31 @@ def test_a_leaving_worker_is_answered_at_once_and_takes_nothing_new(master):
     assert [e.dst for e in master.events.recent(5) if e.worker == "worker-1"][-1] == "stopping"
     again = worker(master, "worker-1")  # the restarted process registers: it takes work again
     assert task.state is S.ASSIGNED and fetch(master, "worker-1", again)[0]["assign"]["id"] == task.id
+
+
+def test_an_idle_worker_waiting_in_fetch_is_heard_and_one_with_tasks_is_not(master, clock):
+    import threading
+    import time
+
+    idle = worker(master, "idle-1")
+    busy = worker(master, "busy-1")
+    (task,) = master.submit([noop(target_worker="busy-1")])
+    assert fetch(master, "busy-1", busy)[0]["assign"]["id"] == task.id
+    sample = {"cpu_percent": 7.0, "load1": 0.5, "mem_free_gb": 3.0, "disk_free_gb": 9.0, "gpus": []}
+    polls = [threading.Thread(target=master.fetch, args=("idle-1", idle, 20.0, [], sample)),
+             threading.Thread(target=master.fetch, args=("busy-1", busy, 20.0))]
+    for poll in polls:
+        poll.start()
+    deadline = time.monotonic() + 10
+    while not all(master.workers[name].polling for name in ("idle-1", "busy-1")):
+        assert time.monotonic() < deadline, "both fetches should be waiting"
+        time.sleep(0.01)
+    assert master.workers["idle-1"].sample["cpu_percent"] == 7.0  # the idle heartbeat rode along
+    clock.now += 30  # three leases of silence
+    master.timers()
+    assert master.workers["idle-1"].connected  # its waiting fetch is its heartbeat
+    assert not master.workers["busy-1"].connected and task.state is not S.ASSIGNED  # lost: retried
+    master.leave("idle-1", idle)
+    for poll in polls:
+        poll.join(timeout=10)
+        assert not poll.is_alive()
