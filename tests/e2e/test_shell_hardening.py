@@ -170,9 +170,13 @@ def test_ctrl_c_during_a_long_submit_never_cuts_it_nor_stops_the_master(
     assert task_counts(shell).get("queued", 0) == before + 50_000
     assert shell.pane_dead() == (False, None)
 
-    # Ctrl-C at an empty prompt still just drops the line, and Ctrl-D still leaves.
+    # Ctrl-C at an empty prompt still just drops the line, and Ctrl-D still leaves. Ctrl-D goes
+    # to the fresh prompt below the dropped one: the line above is only the old prompt's last
+    # picture, and a key sent before the new prompt reads keys meets the terminal in cooked
+    # mode, where Ctrl-D is taken as end-of-file by the tty and never reaches the shell.
+    dropped = shell.idle_prompt()
     shell.key("C-c")
-    shell.idle_prompt()
+    shell.wait_prompt(after=dropped)
     shell.key("C-d")
     assert shell.wait_exit() == 0
     assert "cloudq master stopped" in shell.screen()
