@@ -108,6 +108,7 @@ class WorkerAgent(MasterConnection, TaskRunner):
             self.outbox.put(outcome)
         self._fetching.clear()
         self._stop_tasks()
+        self.outbox.put(_WAKE)  # the reporter sees the stop now, not at its next heartbeat
         reporter.join(timeout=10)  # it leaves once the last outcome is sent
 
     def _leave_when_stopping(self) -> None:
@@ -224,7 +225,10 @@ class WorkerAgent(MasterConnection, TaskRunner):
         with contextlib.suppress(queue.Empty):
             while len(items) < 1000:
                 items.append(self.outbox.get_nowait())
-        return latest_per_task(items)
+        return latest_per_task([item for item in items if item is not _WAKE])
+
+
+_WAKE: dict[str, Any] = {}  # put in the outbox to wake the report loop; never sent
 
 
 def run_worker(options: WorkerOptions) -> int:

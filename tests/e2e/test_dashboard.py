@@ -53,7 +53,11 @@ def test_every_dashboard_query_returns_data(start_cluster: Callable[..., Cluster
     (waiter,) = cluster.submit(exec_task("true", locks=["enc"]))
     (live,) = cluster.submit(transcode(3600, target_worker="wa"))
     done = cluster.submit(exec_task("true", target_worker="wgpu"), transcode(2, target_worker="wgpu"))
+    # wgpu kept busy: a worker with tasks sends its sample (and GPU energy) every heartbeat,
+    # where an idle one sends it with its fetch long-poll, every POLL_WAIT_S.
+    (busy,) = cluster.submit(exec_task("sleep", "300", target_worker="wgpu"))
     master.wait_state(live, "running")
+    master.wait_state(busy, "running")
     for task_id in done:
         master.wait_state(task_id, "completed", timeout=60)
     assert master.task(waiter)["state"] == "queued"
