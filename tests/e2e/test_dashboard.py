@@ -11,6 +11,7 @@ has none; tests/e2e/fake_gpu_worker.py): everything else about it is the real wo
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import pytest
@@ -58,6 +59,7 @@ def test_every_dashboard_query_returns_data(start_cluster: Callable[..., Cluster
     (busy,) = cluster.submit(exec_task("sleep", "300", target_worker="wgpu"))
     master.wait_state(live, "running")
     master.wait_state(busy, "running")
+    busy_since = time.time() + 2.5  # from its first heartbeat sample on
     for task_id in done:
         master.wait_state(task_id, "completed", timeout=60)
     assert master.task(waiter)["state"] == "queued"
@@ -91,11 +93,15 @@ def test_every_dashboard_query_returns_data(start_cluster: Callable[..., Cluster
     assert prom.value('sum(cloudq_transcodes_finished_total{engine="cpu", outcome="completed"})') == 1
     assert prom.value("cloudq_transcode_output_bytes_total") > 0
     # The fake GPU draws 75 W: the energy counter grows by that much a second, give or take a
-    # heartbeat's worth (2 s, 150 J) at each end of what Prometheus has of it.
+    # heartbeat's worth (2 s, 150 J) at each end of what Prometheus has of it since wgpu has
+    # been busy (before, idle, it sent its sample only with each 10 s long-poll).
     def energy_span() -> tuple[float, float] | None:
         (series,) = prom.query('cloudq_gpu_energy_joules_total{worker="wgpu"}[5m]')
-        (t0, e0), (t1, e1) = series["values"][0], series["values"][-1]
-        return (t1 - t0, float(e1) - float(e0)) if t1 - t0 >= 12 else None
+        kept = [(t, float(e)) for t, e in series["values"] if t >= busy_since]  # while busy
+        if len(kept) < 2:
+            return None
+        (t0, e0), (t1, e1) = kept[0], kept[-1]
+        return (t1 - t0, e1 - e0) if t1 - t0 >= 12 else None
 
     seconds, joules = wait_until(energy_span, 30, "12 s of the GPU energy counter in prometheus")
     print(f"GPU energy: {joules:.0f} J over {seconds:.1f} s, {joules / seconds:.1f} W")
