@@ -338,24 +338,23 @@ class MasterState:
 
     def _enqueue_all(self, tasks: list[Task]) -> None:
         """_enqueue for the tasks a restart finds queued, given oldest wait first: one heap
-        build per shape instead of a push per task. Each keeps its queued_at: TTL and aging
-        go on from where they were."""
+        build per shape instead of a push per task. Each keeps its queued_at."""
         now = self.clock()
-        for task in tasks:
-            task.queued_at = task.queued_at or now
-            task.worker = None
-            task.not_before = None
-            self.waiting.enter(task, task.queued_at)
-            if task.ttl_s:
-                self._expiring.add(task.id)
         self.backlog.add_many((task, self._required(task)) for task in tasks)
+        for task in tasks:
+            self._mark_queued(task, task.queued_at or now)
 
     def _enqueue(self, task: Task, since: float | None = None) -> None:
-        task.queued_at = since or self.clock()  # kept across a restart: TTL and aging go on
+        self.backlog.add(task, self._required(task))
+        self._mark_queued(task, since or self.clock())
+
+    def _mark_queued(self, task: Task, since: float) -> None:
+        """A task just put in the backlog: waiting since `since` (kept across a restart: TTL
+        and aging go on), on no worker and past any back-off, in the waiting line."""
+        task.queued_at = since
         task.worker = None
         task.not_before = None
-        self.backlog.add(task, self._required(task))
-        self.waiting.enter(task, task.queued_at)
+        self.waiting.enter(task, since)
         if task.ttl_s:
             self._expiring.add(task.id)
 
