@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the test suite drives (ffmpeg, Docker engine, Prometheus, tmux, less,
-# busybox-static for the local container image, Chromium for the status page) when run as
-# root and any is missing.
+# busybox-static for the local container image, Chromium for the status page, PostgreSQL
+# for standby masters) when run as root and any is missing.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
@@ -16,6 +16,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
 command -v chromium >/dev/null || need+=(chromium)  # the status page, in a real browser
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# the shared store of standby masters; its tests run initdb and a server of their own
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "cloudq: missing system packages (${need[*]}); install them as root" >&2

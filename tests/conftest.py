@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import PostgresServer, postgres_server
+
 
 def _outside_tmp_path(mode: int) -> Iterator[Path]:
     """A fresh directory under the system's temporary folder with `mode`: a root worker runs
@@ -31,3 +33,11 @@ def open_dir() -> Iterator[Path]:
 def task_writable_dir() -> Iterator[Path]:
     """A directory tasks may write into."""
     yield from _outside_tmp_path(0o777)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; each test takes a database of its own
+    (`postgres.new_database()`)."""
+    with postgres_server() as server:
+        yield server
