@@ -32,6 +32,14 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", default=_env("bind", defaults.BIND), help="address to listen on")
     p.add_argument("--port", type=int, default=_env_int("port", defaults.PORT), help="RPC port (0: any free)")
     p.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", defaults.DATA_DIR)))
+    p.add_argument("--store", default=os.environ.get("CLOUDQ_STORE") or None, metavar="postgresql://...",
+                   help="keep the state in PostgreSQL, shared with standby masters (default: "
+                        "the embedded store in --data-dir)")
+    p.add_argument("--leader-lease", type=float, default=defaults.LEADER_LEASE_S, metavar="S",
+                   help="with --store: seconds an unrenewed leader keeps the lease")
+    p.add_argument("--advertise", default=None, metavar="HOST:PORT",
+                   help="with --store: the address workers reach this master at (default: "
+                        "--bind and the port, or the host name when bound to all interfaces)")
     p.add_argument("--interval", type=float, default=defaults.PROCESSOR_INTERVAL_S,
                    help="seconds between safety-net processor runs")
     p.add_argument("--metrics-port", type=int, default=_env_int("metrics_port", defaults.METRICS_PORT),
@@ -203,6 +211,11 @@ def _master(args: argparse.Namespace) -> int:
         raise CloudqError("--stall-timeout and --unschedulable-ttl must be 0 (off) or more seconds")
     if not args.audit_log_max_mb > 0:
         raise CloudqError("--audit-log-max-mb must be a size in MB above 0")
+    if args.store is not None and not args.store.startswith(("postgresql://", "postgres://")):
+        raise CloudqError(f"--store {args.store!r}: give a PostgreSQL URL, "
+                          "postgresql://USER@HOST:PORT/DATABASE (leave it out for the embedded store)")
+    if not 0.5 <= args.leader_lease <= 600:
+        raise CloudqError("--leader-lease must be 0.5 to 600 seconds")
     if args.max_connections <= defaults.ADMIN_RESERVED_CONNECTIONS:
         raise CloudqError(f"--max-connections must be over the {defaults.ADMIN_RESERVED_CONNECTIONS} "
                           f"connections kept for operators")
@@ -213,6 +226,7 @@ def _master(args: argparse.Namespace) -> int:
         max_connections_per_peer=args.max_connections_per_peer, idle_timeout_s=args.idle_timeout,
         worker_args=tuple(shlex.split(args.local_worker_args)),
         audit_log=args.audit_log, audit_log_max_mb=args.audit_log_max_mb,
+        store_url=args.store, leader_lease_s=args.leader_lease, advertise=args.advertise,
     ))
 
 

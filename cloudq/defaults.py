@@ -41,6 +41,9 @@ QUARANTINE_AFTER = 5  # consecutive task failures on one worker before it is qua
 # --- workers and leases --------------------------------------------------------------------
 HEARTBEAT_S = 2.0  # how often a worker reports a live sample
 LEASE_S = 10.0  # a worker silent this long is offline; its tasks are requeued
+# Masters sharing a PostgreSQL store: the leader renews its lease every second, and a standby
+# takes over once it has gone unrenewed this long (by the database's clock).
+LEADER_LEASE_S = 3.0
 # Longest a worker's fetch call waits for work before asking again. Work, a cancel and the
 # worker's own stop (it says `leave`) all answer it at once, so this only sets how often an
 # idle worker calls: each call costs the master about 0.2-0.4 ms of CPU, and 200 idle workers

@@ -44,6 +44,15 @@ class LimitError(CloudqError):
     Trying again later, or asking for less, may succeed."""
 
 
+class NotLeaderError(CloudqError):
+    """This master is a standby (or just stepped down): `leader` is the address of the one that
+    leads, when known. Nothing was done; clients and workers call the leader instead."""
+
+    def __init__(self, message: str, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
 class InternalError(CloudqError):
     """A command failed on a bug of its own (a KeyError, TypeError or ValueError inside it),
     not on anything the operator got wrong; the message names the error. Here, with the

@@ -430,7 +430,41 @@ def master_registry(master: Any, rejections: Rejected | None = None) -> tuple[Co
     return registry, metrics
 
 
-def metrics_app(master: Any, rejections: Rejected | None = None) -> Any:
-    """The WSGI application for /metrics; `rejections` is the RPC server's count of refusals."""
+def metrics_app(master: Any, rejections: Rejected | None = None, seat: Any = None) -> Any:
+    """The WSGI application for /metrics; `rejections` is the RPC server's count of refusals,
+    `seat` whether this master leads (masters sharing a store)."""
     registry, _ = master_registry(master, rejections)
+    if seat is not None:
+        registry.register(LeadershipCollector(seat))
     return make_wsgi_app(registry)
+
+
+class LeadershipCollector:
+    """cloudq_master_is_leader and cloudq_master_epoch: on every master, leader or standby."""
+
+    def __init__(self, seat: Any) -> None:
+        self.seat = seat
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("cloudq_master_is_leader", "1 on the master that leads, 0 on a "
+                                "standby", value=1 if self.seat.role == "leader" else 0)
+        yield GaugeMetricFamily("cloudq_master_epoch", "The leader epoch this master last held "
+                                "(0: a master alone on the embedded store)", value=self.seat.epoch)
+
+
+def standby_app(seat: Any) -> Any:
+    """A standby's HTTP port: its metrics (role and epoch), and elsewhere a short page that
+    says it is a standby and names the leader."""
+    registry = CollectorRegistry()
+    registry.register(LeadershipCollector(seat))
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/metrics":
+            return metrics(environ, start_response)
+        text = f"cloudq master: {seat.refusal()}\n".encode()
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8"),
+                                                   ("Content-Length", str(len(text)))])
+        return [text]
+
+    return app

@@ -96,7 +96,18 @@ def status_command(ctx: Context, args: argparse.Namespace) -> Result:
     rows += [[f"workers {status}", count] for status, count in summary["workers"].items() if count]
     rows += [[f"store {key.replace('_', ' ')}", value] for key, value in summary["store"].items()
              if value is not None]
+    if "leadership" in summary:
+        rows += _leadership_rows(summary["leadership"])
     return Result(title="cloudq status", headers=["", ""], rows=rows, data=summary, vertical=True)
+
+
+def _leadership_rows(leadership: dict[str, Any]) -> list[list[Any]]:
+    """Masters sharing a store: this one's role and epoch, then each master seen."""
+    rows: list[list[Any]] = [["role", leadership["role"]], ["epoch", leadership["epoch"]]]
+    for seen in leadership["masters"]:
+        this = ", this one" if seen["self"] else f", seen {seen['seen_s_ago']:g}s ago"
+        rows.append([f"master {seen['address']}", f"{seen['role']} (epoch {seen['epoch']}{this})"])
+    return rows
 
 
 def _help_arguments(parser: CommandParser) -> None:

@@ -10,7 +10,9 @@ import gc
 import logging
 import os
 import resource
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from cloudq import defaults
 from cloudq.master.core import Master, MasterConfig
 from cloudq.master.journal import StoreJournal
 from cloudq.master.processor import Processor
+from cloudq.master.seat import Seat
 from cloudq.master.service import make_service
 from cloudq.master.state import consume
 from cloudq.rpc.server import ConnectionSlots, start_server
@@ -47,22 +50,24 @@ class MasterOptions:
     worker_args: tuple[str, ...] = ()  # passed on to local workers
     audit_log: Path | None = None  # every event as a JSON line, once durable
     audit_log_max_mb: float = defaults.AUDIT_LOG_MAX_MB
+    store_url: str | None = None  # postgresql://...: masters sharing it elect a leader
+    leader_lease_s: float = defaults.LEADER_LEASE_S
+    advertise: str | None = None  # HOST:PORT workers reach this master at (standbys name it)
 
 
-class MasterProcess:
-    def __init__(self, options: MasterOptions) -> None:
-        self.options = options
-        _raise_descriptor_limit()
-        _return_large_frees()
-        self.store = Store(options.data_dir, event_retention=options.config.event_retention,
-                           checkpoint_every=defaults.CHECKPOINT_EVERY,
-                           checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
-                           checkpoint_growth=defaults.CHECKPOINT_GROWTH)
-        state = self.store.load()
-        journal = StoreJournal(self.store)
+class Term:
+    """One master's time as leader over a store: the store loaded, the core rebuilt from it,
+    the journal, the audit log and the processor. A master on the embedded store has one term
+    for its whole life; masters sharing PostgreSQL start one each time they are elected."""
+
+    def __init__(self, store: Any, options: MasterOptions, epoch: int = 0) -> None:
+        self.store = store
+        state = store.load()
+        journal = StoreJournal(store)
         self.master = Master(journal, options.config)
         self.master.restore(consume(state.records), state.events, state.meta)
         journal.on_failure = self.master.roll_back
+        self.epoch = epoch
         self.audit = None
         if options.audit_log is not None:
             from cloudq.master.audit import AuditLog
@@ -72,30 +77,123 @@ class MasterProcess:
             journal.on_durable.append(self.audit.write)
         del state
         _tune_gc()
+        self.processor = Processor(self.master, options.config.processor_interval_s).start()
+
+    def close(self) -> None:
+        self.master.close()  # waiting long-polls end now, refused
+        self.processor.stop()
+        self.store.close()
+        if self.audit is not None:  # after the store: its last commits are audited too
+            self.audit.close()
+
+
+class MasterProcess:
+    def __init__(self, options: MasterOptions) -> None:
+        self.options = options
+        _raise_descriptor_limit()
+        _return_large_frees()
+        self.term: Term | None = None
+        self.campaign = None
+        self.metrics = None  # the HTTP server, once started
+        self._http_app: Any = None
+        self._term_lock = threading.Lock()  # one election or step-down at a time
         slots = ConnectionSlots(options.max_connections, options.max_connections_per_peer)
-        self.server = start_server(make_service(self.master), options.bind, options.port,
+        self.seat = Seat(role="starting")
+        if options.store_url is None:
+            # The embedded store: load before listening, so no call ever finds it starting.
+            self._lead(0, Store(options.data_dir, event_retention=options.config.event_retention,
+                                checkpoint_every=defaults.CHECKPOINT_EVERY,
+                                checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
+                                checkpoint_growth=defaults.CHECKPOINT_GROWTH))
+        self.server = start_server(make_service(self.seat), options.bind, options.port,
                                    options.tls_dir, options.insecure, slots, options.idle_timeout_s)
         self.address = f"{options.bind}:{self.server.port}"
-        self.processor = Processor(self.master, options.config.processor_interval_s).start()
-        self.metrics = None
+        self.seat.address = options.advertise or _reachable(options.bind, self.server.port)
+        if self.term is not None:
+            self.seat.lead(self.term.master, 0)
         if options.metrics_port:
             self.metrics = self._serve_http(options)
+        if options.store_url is not None:
+            self._campaign(options.store_url)
         self.workers = [self._start_worker(i) for i in range(1, options.local_workers + 1)]
-        print(f"cloudq master listening on {self.address} ({len(self.master.tasks)} tasks loaded"
-              f" from {options.data_dir})", file=sys.stderr, flush=True)
+        print(f"cloudq master listening on {self.address} ({self._standing()})",
+              file=sys.stderr, flush=True)
+
+    def _standing(self) -> str:
+        """What the first line says after the address: what was loaded, and from where."""
+        term = self.term
+        if self.options.store_url is None:
+            assert term is not None
+            return f"{len(term.master.tasks)} tasks loaded from {self.options.data_dir}"
+        store = _redacted(self.options.store_url)
+        if term is None:
+            return f"standby, the leader is {self.seat.leader or '(being elected)'}; store {store}"
+        return f"leader, epoch {term.epoch}, {len(term.master.tasks)} tasks loaded from {store}"
+
+    def _campaign(self, url: str) -> None:
+        """Standby, then leader once elected: waits (a little) for the first election, so a
+        master alone on its store starts as leader like one on the embedded store."""
+        from cloudq.master.campaign import Campaign
+        from cloudq.store.lease import LeaderLease
+
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        lease = LeaderLease(url, holder, self.seat.address, self.options.leader_lease_s)
+        self.campaign = Campaign(lease, self.seat, self._elected, self._step_down).start()
+        # So that the first line says what this master is: leader, or standby and who leads.
+        self.campaign.first_round.wait(defaults.SYNC_REQUEST_TIMEOUT_S)
+
+    def _elected(self, epoch: int) -> None:
+        from cloudq.store.postgres import PostgresStore
+
+        store = PostgresStore(self.options.store_url or "", epoch,
+                              event_retention=self.options.config.event_retention)
+        self._lead(epoch, store)
+
+    def _lead(self, epoch: int, store: Any) -> None:
+        with self._term_lock:
+            term = Term(store, self.options, epoch)
+            term.master.leadership = self.seat.describe
+            self.term = term
+            if self.metrics is not None:
+                self._http_app = self._leader_http(term)
+            self.seat.lead(term.master, epoch)
+
+    def _step_down(self, why: str) -> None:
+        with self._term_lock:
+            log.warning("stepping down to standby: %s", why)
+            print(f"cloudq master stepping down to standby: {why}", file=sys.stderr, flush=True)
+            self.seat.stand_by(None)
+            self._http_app = self._standby_http()
+            term, self.term = self.term, None
+            if term is not None:
+                term.close()
 
     def _serve_http(self, options: MasterOptions) -> Any:
         """The HTTP port: /metrics for Prometheus, the status page and its JSON at / and
-        /api/...; HTTPS with the master's certificate when the master has TLS."""
-        from cloudq.metrics import metrics_app
+        /api/...; HTTPS with the master's certificate when the master has TLS. What answers
+        changes with the term: a standby shows only its role."""
         from cloudq.rpc.tls import http_context
-        from cloudq.status import status_app
-        from cloudq.web import route, serve_http
+        from cloudq.web import serve_http
 
-        app = route({"/metrics": metrics_app(self.master, self.server.rejections)},
-                    default=status_app(self.master))
+        if self._http_app is None:
+            self._http_app = (self._leader_http(self.term) if self.term is not None
+                              else self._standby_http())
         context = http_context(options.tls_dir) if options.tls_dir else None
-        return serve_http(app, options.bind, options.metrics_port, ssl_context=context)
+        return serve_http(lambda environ, start: self._http_app(environ, start), options.bind,
+                          options.metrics_port, ssl_context=context)
+
+    def _leader_http(self, term: Term) -> Any:
+        from cloudq.metrics import metrics_app
+        from cloudq.status import status_app
+        from cloudq.web import route
+
+        return route({"/metrics": metrics_app(term.master, self.server.rejections, self.seat)},
+                     default=status_app(term.master))
+
+    def _standby_http(self) -> Any:
+        from cloudq.metrics import standby_app
+
+        return standby_app(self.seat)
 
     def _start_worker(self, index: int) -> subprocess.Popen:
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind
@@ -129,14 +227,31 @@ class MasterProcess:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.processor.stop()
+        if self.campaign is not None:
+            self.campaign.stop()  # releases the lease after the term has ended
         self.server.close()
         if self.metrics is not None:
             self.metrics.shutdown()
-        self.store.close()
-        if self.audit is not None:  # after the store: its last commits are audited too
-            self.audit.close()
+        with self._term_lock:
+            term, self.term = self.term, None
+            if term is not None:
+                term.close()
+        if self.campaign is not None:
+            self.campaign.release()
         print("cloudq master stopped", file=sys.stderr, flush=True)
+
+
+def _redacted(url: str) -> str:
+    from cloudq.store.postgres import redacted
+
+    return redacted(url)
+
+
+def _reachable(bind: str, port: int) -> str:
+    """This master's address for others: its bind address, or its host name when it listens
+    on every interface."""
+    host = socket.getfqdn() if bind in ("0.0.0.0", "::", "") else bind
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -160,6 +160,7 @@ class Delivery(MasterState):
                     if left <= 0:
                         break
                     wake.wait(left)
+                    self._refuse_if_closed()
             finally:
                 record.polling -= 1
             # No last_seen here: the wait ending is the master's own clock, not word from the

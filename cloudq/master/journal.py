@@ -130,8 +130,8 @@ class StoreJournal:
         applied, so memory never runs ahead of the disk again."""
         failure = self._failure
         if failure is not None:
-            raise StoreError(f"store full: {_reason(failure)}; nothing was changed. Reads work; "
-                             f"writes resume by themselves when space is freed")
+            raise StoreError(f"{_refusal(failure)}; nothing was changed. Reads work; writes "
+                             f"resume by themselves when the store {_remedy(failure)}")
 
     def stats(self) -> dict[str, Any]:
         stats = self.store.stats()
@@ -148,8 +148,8 @@ class StoreJournal:
         with self._cv:
             while self._durable < ticket or self._was_lost(ticket):
                 if self._failure is not None or self._was_lost(ticket):
-                    raise StoreError(f"store full: {_reason(self._failure)}; this change was "
-                                     f"not stored and has been undone")
+                    raise StoreError(f"{_refusal(self._failure)}; this change was not stored "
+                                     f"and has been undone")
                 if self._writing:
                     self._cv.wait()
                     continue
@@ -200,7 +200,7 @@ class StoreJournal:
         self._failure = failure
         self._buffer = []
         self._lost.append((self._durable, max(upto, self._issued)))
-        log.error("journal write failed: %s; refusing changes until there is room again",
+        log.error("journal write failed: %s; refusing changes until the store takes writes again",
                   _reason(failure))
         if first:
             threading.Thread(target=self._await_room, name="store-probe", daemon=True).start()
@@ -223,11 +223,11 @@ class StoreJournal:
                 continue
             try:
                 self.store.probe()
-            except OSError as err:
-                log.debug("still no room: %s", err)
+            except (OSError, StoreError) as err:
+                log.debug("still refusing: %s", err)
                 continue
             self.resume()
-            log.warning("the disk has room again: writes resume")
+            log.warning("the store takes writes again: writes resume")
             return
 
     def reload(self) -> Any:
@@ -244,6 +244,19 @@ class StoreJournal:
             self._lost = self._lost[-64:]  # late waiters of older failures are long gone
             self._failure = None
             self._cv.notify_all()
+
+
+def _refusal(failure: BaseException | None) -> str:
+    """`store full: ...` for a disk without room; `store unavailable: ...` otherwise (a
+    database that does not answer)."""
+    cause = failure.__cause__ if failure is not None and failure.__cause__ else failure
+    kind = "store full" if isinstance(cause, OSError) else "store unavailable"
+    return f"{kind}: {_reason(failure)}"
+
+
+def _remedy(failure: BaseException | None) -> str:
+    cause = failure.__cause__ if failure is not None and failure.__cause__ else failure
+    return "has room again" if isinstance(cause, OSError) else "answers again"
 
 
 def _reason(failure: BaseException | None) -> str:

@@ -14,8 +14,9 @@ from cloudq import __version__, defaults
 from cloudq.commands import Context, parse
 from cloudq.commands.gate import Gate, Guard
 from cloudq.commands.registry import run
-from cloudq.errors import AuthError, CloudqError, LimitError, ValidationError
+from cloudq.errors import AuthError, CloudqError, LimitError, NotLeaderError, ValidationError
 from cloudq.master.core import Master
+from cloudq.master.seat import Seat
 from cloudq.rpc.protocol import MAX_FRAME_BYTES, decode_argument, failure, ok
 from cloudq.rpc.server import Identity
 
@@ -28,11 +29,14 @@ def endpoint(method: Callable[..., Any]) -> Callable[[Any, Any], str]:
     @functools.wraps(method)
     def wrapper(self: MasterService, raw: Any = "null") -> str:
         try:
-            reply = ok(method(self, decode_argument(raw)))
+            epoch = self.seat.epoch  # the term the reply comes from (or an older one)
+            reply = ok(method(self, decode_argument(raw)), epoch)
             if len(reply) > MAX_REPLY_CHARS:  # over the peer's frame limit: say so, don't drop
                 raise LimitError(f"the reply of {len(reply) >> 20} MiB is over the "
                                  f"{MAX_REPLY_CHARS >> 20} MiB limit; ask for less (e.g. --limit)")
             return reply
+        except NotLeaderError as err:
+            return failure(NotLeaderError(str(err), err.leader or self.seat.leader))
         except CloudqError as err:
             return failure(err)
         except Exception as err:  # noqa: BLE001 - a peer must never crash the master
@@ -67,10 +71,15 @@ MAX_REPLY_CHARS = MAX_FRAME_BYTES - (1 << 20)  # room for the frame's own encodi
 class MasterService(rpyc.Service):
     """One instance per connection (see make_service), so `identity` is the caller's."""
 
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
         self.identity = Identity(None)
         self.registered: set[str] = set()  # worker names this connection registered
+
+    @property
+    def master(self) -> Master:
+        """The leader's core; on a standby, NotLeaderError naming the leader."""
+        return self.seat.current()
 
     def on_connect(self, conn: rpyc.Connection) -> None:
         credentials = conn._config.get("credentials")
@@ -88,7 +97,8 @@ class MasterService(rpyc.Service):
 
     @endpoint
     def exposed_ping(self, payload: Any) -> dict[str, Any]:
-        return {"version": __version__, "identity": self.identity.name}
+        return {"version": __version__, "identity": self.identity.name, "role": self.seat.role,
+                "epoch": self.seat.epoch, "leader": self.seat.leader}
 
     @endpoint
     def exposed_register(self, payload: Any) -> dict[str, Any]:
@@ -179,6 +189,6 @@ class MasterService(rpyc.Service):
         return self.master.feed(after, workers=payload.get("workers") is True)
 
 
-def make_service(master: Master) -> Any:
-    """A service class whose instances share `master`: one instance per connection."""
-    return rpyc.utils.helpers.classpartial(MasterService, master)
+def make_service(seat: Seat) -> Any:
+    """A service class whose instances share `seat`: one instance per connection."""
+    return rpyc.utils.helpers.classpartial(MasterService, seat)

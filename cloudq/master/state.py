@@ -34,7 +34,7 @@ from cloudq.core.model import Task, TaskState
 from cloudq.core.scheduler import Backlog, Scheduler
 from cloudq.core.transitions import EFFECTS, Event, EventLog, move
 from cloudq.core.waiting import WaitingLine
-from cloudq.errors import NotFoundError
+from cloudq.errors import NotFoundError, NotLeaderError
 from cloudq.master.journal import Journal, NullJournal, encode_task
 from cloudq.master.waits import Waits
 from cloudq.master.workers import WorkerRecord
@@ -101,7 +101,23 @@ class MasterState:
         self._lock = threading.RLock()
         self._ended = threading.Condition(self._lock)  # a task reached a final state (wait)
         self.started_at = clock()
+        self.closed = False  # this master stepped down: its waiting calls end, refused
+        # Masters sharing a store: role, epoch and the masters seen, for `status` (Seat.describe).
+        self.leadership: Callable[[], dict[str, Any]] | None = None
         self._fresh()
+
+    def close(self) -> None:
+        """This master no longer leads: long-polls waiting on it (fetch, wait) end now with
+        NotLeaderError, so their callers go to the new leader instead of waiting them out."""
+        with self._lock:
+            self.closed = True
+            self._ended.notify_all()
+            for wake in self._wakeups.values():
+                wake.notify_all()
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise NotLeaderError("this master stepped down; ask the leader")
 
     def _fresh(self) -> None:
         """Empty state: at start, and before a rollback to what the disk holds."""

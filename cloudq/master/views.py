@@ -59,6 +59,7 @@ class Views(MasterState):
                 if not waiting or left <= 0:
                     break
                 self._ended.wait(left)
+                self._refuse_if_closed()
             ticket = self.journal.last_ticket()  # the ends seen are in it, or older
             ended = {i: self.view(self.tasks[i]) for i in ids if i in self.tasks and i not in waiting}
         if ended:
@@ -292,7 +293,7 @@ class Views(MasterState):
             workers = dict.fromkeys((status.value for status in WorkerStatus), 0)  # zeros too
             for record in self.workers.values():
                 workers[record.status.value] += 1
-            return {
+            summary = {
                 "uptime_s": round(self.clock() - self.started_at, 1),
                 "queued": len(self.backlog),
                 "shapes": self.backlog.shapes(),
@@ -303,6 +304,9 @@ class Views(MasterState):
                 "workers": workers,
                 "store": self.journal.stats(),
             }
+        if self.leadership is not None:
+            summary["leadership"] = self.leadership()
+        return summary
 
     def oldest_waits(self) -> dict[str, float]:
         """Seconds the longest-waiting queued task of each queue class has waited (classes

@@ -32,12 +32,13 @@ from rpyc.core.netref import syncreq
 from rpyc.core.stream import SocketStream
 
 from cloudq import defaults
-from cloudq.errors import AuthError, CloudqError, LimitError, ValidationError
+from cloudq.errors import AuthError, CloudqError, LimitError, NotLeaderError, ValidationError
 from cloudq.rpc import tls
 from cloudq.rpc.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_CONFIG,
     BoundedChannel,
+    EpochGuard,
     FrameTooLarge,
     dumps,
     unwrap,
@@ -76,18 +77,50 @@ def _port(raw: str, text: str) -> int:
 
 class MasterClient:
     """One connection to the master; `call(method, payload)` sends JSON and unwraps the reply.
-    After a failure that leaves the connection unusable, the next call dials again."""
+    After a failure that leaves the connection unusable, the next call dials again.
+
+    `address` may list several masters sharing one store ("a:18861,b:18861"): the client
+    talks to the one that leads. A standby's answer names the leader and the call goes there;
+    one it cannot reach is passed over for the next in the list. Replies carry the leader's
+    epoch, and one from an epoch older than the newest seen (a deposed leader's) is refused,
+    never acted on; `epochs` may be shared by the clients of one process (a worker's two)."""
 
     def __init__(self, address: str, tls_dir: Path | None = None, identity: str = tls.ADMIN_NAME,
-                 timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S) -> None:
-        self.host, self.port = parse_address(address)
-        self.address = f"{self.host}:{self.port}"
+                 timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S,
+                 epochs: EpochGuard | None = None) -> None:
+        self.addresses = [parse_address(part.strip()) for part in address.split(",") if part.strip()]
+        if not self.addresses:
+            raise ValidationError(f"master address {address!r} names no master")
+        self.host, self.port = self.addresses[0]
+        self.address = _joined(self.host, self.port)
         self.tls_dir = tls_dir
         self.stem = "admin" if identity == tls.ADMIN_NAME else identity
         self.timeout_s = timeout_s
+        self.epochs = epochs if epochs is not None else EpochGuard()
         self.conn: rpyc.Connection | None = None
         self._sock: socket.socket | None = None
-        self._connect()
+        self._connect_any()
+
+    def _go_to(self, host: str, port: int) -> None:
+        self._drop()
+        self.host, self.port = host, port
+        self.address = _joined(host, port)
+
+    def _connect_any(self) -> None:
+        """The current master, else each other one in the list, in order."""
+        start = self.addresses.index((self.host, self.port)) if (
+            (self.host, self.port) in self.addresses) else 0
+        order = [(self.host, self.port)] + [a for a in self.addresses[start:] + self.addresses[:start]
+                                            if a != (self.host, self.port)]
+        for index, (host, port) in enumerate(order):
+            if index:
+                self._go_to(host, port)
+            try:
+                self._connect()
+                return
+            except ConnectionError:
+                if index == len(order) - 1:
+                    raise
 
     def _connect(self) -> None:
         if self.tls_dir is not None:
@@ -152,8 +185,41 @@ class MasterClient:
                                f"{self.timeout_s:g} s")
 
     def call(self, method: str, payload: Any = None) -> Any:
+        """One call to the leader: a standby's refusal is followed to the leader it names (or,
+        naming none, to the next master in the list), at most once around the list."""
+        hops = len(self.addresses) + 1
+        while True:
+            try:
+                return self._call_here(method, payload)
+            except NotLeaderError as err:
+                hops -= 1
+                if hops <= 0 or not self._follow(err):
+                    raise
+
+    def _follow(self, err: NotLeaderError) -> bool:
+        """Points the client at where `err` says the leader is; False when there is nowhere
+        else to go (a single master, or the leader named is this one)."""
+        if err.leader:
+            try:
+                host, port = parse_address(err.leader)
+            except ValidationError:
+                return False
+            if (host, port) == (self.host, self.port):
+                return False
+            if (host, port) not in self.addresses:
+                self.addresses.append((host, port))
+        elif len(self.addresses) > 1:
+            index = self.addresses.index((self.host, self.port)) if (
+                (self.host, self.port) in self.addresses) else -1
+            host, port = self.addresses[(index + 1) % len(self.addresses)]
+        else:
+            return False
+        self._go_to(host, port)
+        return True
+
+    def _call_here(self, method: str, payload: Any) -> Any:
         if self.conn is None:
-            self._connect()
+            self._connect_any()
         try:
             # One round trip (call-attribute) instead of two (get the method, then call it). The
             # plain name: the server finds exposed_<name> with one hasattr, where the prefixed
@@ -168,7 +234,7 @@ class MasterClient:
         except (EOFError, OSError) as err:
             self._drop()
             raise ConnectionError(f"lost the master at {self.address}: {err}") from None
-        return unwrap(reply)
+        return unwrap(reply, self.epochs)
 
     def _drop(self) -> None:
         """Forgets a connection that cannot be used any more. The socket is shut first, so that
@@ -193,6 +259,10 @@ class MasterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _joined(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _too_large(address: str) -> LimitError:
@@ -270,8 +340,7 @@ def _speaks_tls(host: str, port: int) -> bool:
 def _speaks_plain(host: str, port: int) -> bool:
     """Whether a master without TLS answers at host:port. Asked only after a TLS handshake failed."""
     try:
-        with MasterClient(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                          timeout_s=defaults.HANDSHAKE_TIMEOUT_S) as probe:
+        with MasterClient(_joined(host, port), timeout_s=defaults.HANDSHAKE_TIMEOUT_S) as probe:
             probe.call("ping")
     except (CloudqError, ConnectionError, OSError):
         return False

@@ -210,25 +210,53 @@ def decode_argument(raw: Any) -> Any:
         raise ValidationError(f"argument is not valid JSON: {err}") from None
 
 
-def ok(value: Any) -> str:
+def ok(value: Any, epoch: int = 0) -> str:
+    """The reply envelope; `epoch` is the leader's when masters share a store (0: one master)."""
+    if epoch:
+        return dumps({"ok": True, "value": value, "epoch": epoch})
     return dumps({"ok": True, "value": value})
 
 
+class EpochGuard:
+    """The newest leader epoch a client has seen. A reply from an older one comes from a master
+    that was deposed since: it is refused (NotLeaderError), never acted on."""
+
+    def __init__(self) -> None:
+        self.newest = 0
+
+    def check(self, epoch: Any) -> None:
+        if type(epoch) is not int:  # noqa: E721 - bool is no epoch
+            return
+        if epoch < self.newest:
+            raise errors.NotLeaderError(f"a reply from leader epoch {epoch}, older than epoch "
+                                        f"{self.newest} seen before: that master was deposed")
+        self.newest = epoch
+
+
 def failure(err: CloudqError) -> str:
-    return dumps({"ok": False, "error": str(err), "type": type(err).__name__})
+    envelope = {"ok": False, "error": str(err), "type": type(err).__name__}
+    if isinstance(err, errors.NotLeaderError) and err.leader:
+        envelope["leader"] = err.leader  # where the caller goes instead
+    return dumps(envelope)
 
 
-def unwrap(reply: Any) -> Any:
+def unwrap(reply: Any, epochs: EpochGuard | None = None) -> Any:
     """The client side of the envelope: the value, or the CloudqError the server raised."""
     if type(reply) is not str:  # noqa: E721
         raise CloudqError("the master sent a reply that is not JSON text")
     envelope = orjson.loads(reply)
+    if epochs is not None and "epoch" in envelope:
+        epochs.check(envelope["epoch"])
     if envelope.get("ok"):
         return envelope.get("value")
     kind = getattr(errors, str(envelope.get("type")), CloudqError)
     if not (isinstance(kind, type) and issubclass(kind, CloudqError)):
         kind = CloudqError
-    raise kind(envelope.get("error") or "the master refused the call")
+    message = envelope.get("error") or "the master refused the call"
+    if kind is errors.NotLeaderError:
+        leader = envelope.get("leader")
+        raise errors.NotLeaderError(message, leader if isinstance(leader, str) else None)
+    raise kind(message)
 
 
 def dumps(value: Any) -> str:

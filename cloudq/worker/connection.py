@@ -19,6 +19,7 @@ from typing import Any
 from cloudq import defaults
 from cloudq.errors import NotFoundError
 from cloudq.rpc.client import MasterClient
+from cloudq.rpc.protocol import EpochGuard
 from cloudq.specs.roots import worker_capabilities
 from cloudq.worker import probes
 from cloudq.worker.backoff import Backoff
@@ -54,6 +55,7 @@ class MasterConnection:
         """Not connected yet. The facts are measured here, so the work directory must exist."""
         self._reconnecting = threading.Lock()
         self._session = 0
+        self._epochs = EpochGuard()  # the newest leader epoch seen, kept across reconnections
         self._generation = 0  # bumped on every (re)connection
         self._fetch_conn: MasterClient | None = None
         self._report_conn: MasterClient | None = None
@@ -98,8 +100,9 @@ class MasterConnection:
         identity = self.name
         fetch = report = None
         try:
-            fetch = MasterClient(self.options.master, self.options.tls_dir, identity)
-            report = MasterClient(self.options.master, self.options.tls_dir, identity)
+            # A list of masters sharing a store: both channels find the leader themselves.
+            fetch = MasterClient(self.options.master, self.options.tls_dir, identity, epochs=self._epochs)
+            report = MasterClient(self.options.master, self.options.tls_dir, identity, epochs=self._epochs)
             with self._lock:
                 running = [[r.task_id, r.attempt] for r in self.running.values()]
                 running += [[task_id, attempt] for task_id, attempt in self._unreported.items()]
@@ -123,7 +126,7 @@ class MasterConnection:
             self._generation += 1
         for task_id in reply.get("stop") or []:
             self._cancel(task_id, None)
-        log.info("registered with %s as %s (session %d)", self.options.master, self.name, self._session)
+        log.info("registered with %s as %s (session %d)", fetch.address, self.name, self._session)
 
     def close(self) -> None:
         self.stopping.set()

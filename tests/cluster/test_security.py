@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloudq.errors import AuthError, CloudqError, ValidationError
+from cloudq.master.seat import Seat
 from cloudq.rpc import tls
 from cloudq.rpc.client import MasterClient
 from cloudq.rpc.protocol import PROTOCOL_CONFIG
@@ -48,7 +49,7 @@ def test_server_runs_with_the_hardened_options(cluster):
     from cloudq.master.service import make_service
     from cloudq.rpc.server import start_server
 
-    server = start_server(make_service(Master()), "127.0.0.1", 0, None, insecure=False)
+    server = start_server(make_service(Seat(Master())), "127.0.0.1", 0, None, insecure=False)
     try:
         for key, value in PROTOCOL_CONFIG.items():
             assert server.protocol_config[key] == value
