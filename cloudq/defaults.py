@@ -49,6 +49,9 @@ LEADER_LEASE_S = 3.0
 # idle worker calls: each call costs the master about 0.2-0.4 ms of CPU, and 200 idle workers
 # asking every second took 8% of a core for this alone.
 POLL_WAIT_S = 10.0
+# A worker's call the master has not answered this long after it should have (a report, or a
+# fetch past its long-poll) means the master hangs: the worker leaves it for another master.
+WORKER_CALL_TIMEOUT_S = 5.0
 MAX_TASKS = 2  # tasks a worker runs at once unless --max-tasks says otherwise
 
 # --- tasks ------------------------------------------------------------------------------------

@@ -158,11 +158,11 @@ class MasterProcess:
                 self._http_app = self._leader_http(term)
             self.seat.lead(term.master, epoch)
 
-    def _step_down(self, why: str) -> None:
+    def _step_down(self, why: str, leader: str | None) -> None:
         with self._term_lock:
             log.warning("stepping down to standby: %s", why)
             print(f"cloudq master stepping down to standby: {why}", file=sys.stderr, flush=True)
-            self.seat.stand_by(None)
+            self.seat.stand_by(leader)
             self._http_app = self._standby_http()
             term, self.term = self.term, None
             if term is not None:

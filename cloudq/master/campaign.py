@@ -4,7 +4,7 @@ leader while it keeps renewing it, standby again once it cannot.
 One thread. As a standby it tries for the lease every `poll_s` and remembers who leads (the
 address standbys name in their refusals). Once elected it calls `lead(epoch)`, which loads the
 store and starts serving, and then renews the lease every `renew_s`. It steps down
-(`step_down(why)`) when the lease is found taken, or when it could not renew it for a whole
+(`step_down(why, leader)`) when the lease is found taken, or when it could not renew it for a whole
 lease by its own clock: by then another master may have taken it, and every write of this one
 would be refused by the fence anyway.
 """
@@ -25,7 +25,7 @@ log = logging.getLogger("cloudq.master")
 
 class Campaign:
     def __init__(self, lease: LeaderLease, seat: Seat, lead: Callable[[int], None],
-                 step_down: Callable[[str], None], *, renew_s: float = 1.0,
+                 step_down: Callable[[str, str | None], None], *, renew_s: float = 1.0,
                  poll_s: float = 0.5) -> None:
         self.lease = lease
         self.seat = seat
@@ -98,7 +98,7 @@ class Campaign:
             self._lead(epoch)
         except Exception as err:  # noqa: BLE001 - a failed start must not leave a half leader
             log.exception("could not start leading (epoch %d)", epoch)
-            self._step_down(f"starting as leader failed: {err}")
+            self._step_down(f"starting as leader failed: {err}", None)
             return
         log.warning("leading with epoch %d at %s", epoch, self.seat.address)
 
@@ -111,7 +111,7 @@ class Campaign:
             self._database_down(err)
             if time.monotonic() - self._renewed_at >= self.lease.lease_s:
                 self._step_down(f"could not renew the leader lease for {self.lease.lease_s:g} s "
-                                f"({err})")
+                                f"({err})", None)
             return
         self._database_up()
         if held:
@@ -120,7 +120,8 @@ class Campaign:
         leader = self.lease.leader()
         self._step_down(f"epoch {epoch} was taken over by "
                         f"{leader.address if leader else 'another master'}"
-                        f"{f' (epoch {leader.epoch})' if leader else ''}")
+                        f"{f' (epoch {leader.epoch})' if leader else ''}",
+                        leader.address if leader is not None else None)
 
     def _look_around(self) -> None:
         """Says where this master stands, and notes the others (for `status`)."""

@@ -263,4 +263,4 @@ def _reason(failure: BaseException | None) -> str:
     cause = failure.__cause__ if failure is not None and failure.__cause__ else failure
     if isinstance(cause, OSError):
         return cause.strerror or str(cause)
-    return str(cause)
+    return str(failure)  # the store's own words (a database's error is its cause)

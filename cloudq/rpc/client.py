@@ -38,8 +38,8 @@ from cloudq.rpc.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_CONFIG,
     BoundedChannel,
-    EpochGuard,
     FrameTooLarge,
+    LeaderView,
     dumps,
     unwrap,
 )
@@ -83,11 +83,15 @@ class MasterClient:
     talks to the one that leads. A standby's answer names the leader and the call goes there;
     one it cannot reach is passed over for the next in the list. Replies carry the leader's
     epoch, and one from an epoch older than the newest seen (a deposed leader's) is refused,
-    never acted on; `epochs` may be shared by the clients of one process (a worker's two)."""
+    never acted on. `view` (the newest epoch, and which master led last) may be shared by the
+    clients of one process: a worker's two channels go to the same leader.
+
+    `timeout_s` bounds each call; setting up a connection is bounded by the handshake timeout,
+    so a master that hangs (stopped, or cut off) costs a few seconds before the next is tried."""
 
     def __init__(self, address: str, tls_dir: Path | None = None, identity: str = tls.ADMIN_NAME,
                  timeout_s: float = defaults.SYNC_REQUEST_TIMEOUT_S,
-                 epochs: EpochGuard | None = None) -> None:
+                 view: LeaderView | None = None) -> None:
         self.addresses = [parse_address(part.strip()) for part in address.split(",") if part.strip()]
         if not self.addresses:
             raise ValidationError(f"master address {address!r} names no master")
@@ -96,7 +100,7 @@ class MasterClient:
         self.tls_dir = tls_dir
         self.stem = "admin" if identity == tls.ADMIN_NAME else identity
         self.timeout_s = timeout_s
-        self.epochs = epochs if epochs is not None else EpochGuard()
+        self.view = view if view is not None else LeaderView()
         self.conn: rpyc.Connection | None = None
         self._sock: socket.socket | None = None
         self._connect_any()
@@ -107,20 +111,28 @@ class MasterClient:
         self.address = _joined(host, port)
 
     def _connect_any(self) -> None:
-        """The current master, else each other one in the list, in order."""
-        start = self.addresses.index((self.host, self.port)) if (
-            (self.host, self.port) in self.addresses) else 0
-        order = [(self.host, self.port)] + [a for a in self.addresses[start:] + self.addresses[:start]
-                                            if a != (self.host, self.port)]
+        """The master that led or answered last (if known), else the current one, then each
+        other one in the list, in order."""
+        hint = self.view.prefer
+        first = hint if hint is not None else (self.host, self.port)
+        if first not in self.addresses:
+            self.addresses.append(first)
+        start = self.addresses.index(first)
+        order = self.addresses[start:] + self.addresses[:start]
         for index, (host, port) in enumerate(order):
-            if index:
+            if (host, port) != (self.host, self.port):
                 self._go_to(host, port)
             try:
                 self._connect()
-                return
             except ConnectionError:
+                if self.view.prefer == (host, port):
+                    self.view.prefer = None  # it does not answer: no longer a good first try
                 if index == len(order) - 1:
                     raise
+                continue
+            if index and len(self.addresses) > 1:
+                self.view.prefer = (host, port)  # the next connection need not wait for the others
+            return
 
     def _connect(self) -> None:
         if self.tls_dir is not None:
@@ -128,11 +140,13 @@ class MasterClient:
         sock = _dial(self.host, self.port)
         if self.tls_dir is not None:
             sock = self._handshake(sock, self.tls_dir)
-        config = dict(PROTOCOL_CONFIG, sync_request_timeout=self.timeout_s)
+        # The first exchange is bounded like the handshake: a master that hangs is passed over.
+        config = dict(PROTOCOL_CONFIG, sync_request_timeout=min(self.timeout_s, defaults.HANDSHAKE_TIMEOUT_S))
         try:
             conn = rpyc.connect_channel(BoundedChannel(SocketStream(sock)), config=config)
             sock.settimeout(None)
             self._root = conn.root  # the first exchange: a refused certificate shows up here
+            conn._config["sync_request_timeout"] = self.timeout_s
         except (EOFError, OSError) as err:
             sock.close()
             raise self._set_up_failed(err) from None
@@ -160,7 +174,7 @@ class MasterClient:
 
     def _set_up_failed(self, err: BaseException) -> CloudqError | ConnectionError:
         if isinstance(err, TimeoutError):  # rpyc's AsyncResultTimeout is the builtin TimeoutError
-            return self._timed_out()
+            return self._timed_out(min(self.timeout_s, defaults.HANDSHAKE_TIMEOUT_S))
         if _refused_certificate(err):
             return self._refused(err)
         if self.tls_dir is not None and _cut_off(err):
@@ -180,9 +194,9 @@ class MasterClient:
                          f"({self.tls_dir}/{self.stem}.pem): not from this cluster's CA (or expired)"
                          f" [{_alert(err)}]")
 
-    def _timed_out(self) -> ConnectionError:
+    def _timed_out(self, seconds: float | None = None) -> ConnectionError:
         return ConnectionError(f"the master at {self.address} did not answer within "
-                               f"{self.timeout_s:g} s")
+                               f"{seconds or self.timeout_s:g} s")
 
     def call(self, method: str, payload: Any = None) -> Any:
         """One call to the leader: a standby's refusal is followed to the leader it names (or,
@@ -190,7 +204,10 @@ class MasterClient:
         hops = len(self.addresses) + 1
         while True:
             try:
-                return self._call_here(method, payload)
+                reply = self._call_here(method, payload)
+                if len(self.addresses) > 1:
+                    self.view.prefer = (self.host, self.port)
+                return reply
             except NotLeaderError as err:
                 hops -= 1
                 if hops <= 0 or not self._follow(err):
@@ -215,6 +232,7 @@ class MasterClient:
         else:
             return False
         self._go_to(host, port)
+        self.view.prefer = (host, port) if err.leader else None
         return True
 
     def _call_here(self, method: str, payload: Any) -> Any:
@@ -229,12 +247,25 @@ class MasterClient:
             self._drop()
             raise _too_large(self.address) from None
         except TimeoutError:
-            self._drop()
-            raise self._timed_out() from None
+            timed_out = self._timed_out()
+            self._forget_leader()
+            raise timed_out from None
         except (EOFError, OSError) as err:
-            self._drop()
-            raise ConnectionError(f"lost the master at {self.address}: {err}") from None
-        return unwrap(reply, self.epochs)
+            lost = ConnectionError(f"lost the master at {self.address}: {err}")
+            self._forget_leader()
+            raise lost from None
+        return unwrap(reply, self.view)
+
+    def _forget_leader(self) -> None:
+        """After a lost connection or a call that timed out: drop it, and, with several
+        masters, start the next connection with the one after this (this one may hang)."""
+        self._drop()
+        if self.view.prefer == (self.host, self.port):
+            self.view.prefer = None
+        if len(self.addresses) > 1 and (self.host, self.port) in self.addresses:
+            index = self.addresses.index((self.host, self.port))
+            self.host, self.port = self.addresses[(index + 1) % len(self.addresses)]
+            self.address = _joined(self.host, self.port)
 
     def _drop(self) -> None:
         """Forgets a connection that cannot be used any more. The socket is shut first, so that

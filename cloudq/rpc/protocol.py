@@ -217,12 +217,15 @@ def ok(value: Any, epoch: int = 0) -> str:
     return dumps({"ok": True, "value": value})
 
 
-class EpochGuard:
-    """The newest leader epoch a client has seen. A reply from an older one comes from a master
-    that was deposed since: it is refused (NotLeaderError), never acted on."""
+class LeaderView:
+    """What the clients of one process know of the leader, when masters share a store: the
+    newest epoch seen (a reply from an older one comes from a master deposed since: it is
+    refused with NotLeaderError, never acted on), and the master a new connection tries first:
+    the one that led, or answered, last."""
 
     def __init__(self) -> None:
         self.newest = 0
+        self.prefer: tuple[str, int] | None = None
 
     def check(self, epoch: Any) -> None:
         if type(epoch) is not int:  # noqa: E721 - bool is no epoch
@@ -240,7 +243,7 @@ def failure(err: CloudqError) -> str:
     return dumps(envelope)
 
 
-def unwrap(reply: Any, epochs: EpochGuard | None = None) -> Any:
+def unwrap(reply: Any, epochs: LeaderView | None = None) -> Any:
     """The client side of the envelope: the value, or the CloudqError the server raised."""
     if type(reply) is not str:  # noqa: E721
         raise CloudqError("the master sent a reply that is not JSON text")

@@ -19,7 +19,7 @@ from typing import Any
 from cloudq import defaults
 from cloudq.errors import NotFoundError
 from cloudq.rpc.client import MasterClient
-from cloudq.rpc.protocol import EpochGuard
+from cloudq.rpc.protocol import LeaderView
 from cloudq.specs.roots import worker_capabilities
 from cloudq.worker import probes
 from cloudq.worker.backoff import Backoff
@@ -55,7 +55,7 @@ class MasterConnection:
         """Not connected yet. The facts are measured here, so the work directory must exist."""
         self._reconnecting = threading.Lock()
         self._session = 0
-        self._epochs = EpochGuard()  # the newest leader epoch seen, kept across reconnections
+        self._leaders = LeaderView()  # newest epoch and last leader seen, kept across reconnections
         self._generation = 0  # bumped on every (re)connection
         self._fetch_conn: MasterClient | None = None
         self._report_conn: MasterClient | None = None
@@ -101,8 +101,13 @@ class MasterConnection:
         fetch = report = None
         try:
             # A list of masters sharing a store: both channels find the leader themselves.
-            fetch = MasterClient(self.options.master, self.options.tls_dir, identity, epochs=self._epochs)
-            report = MasterClient(self.options.master, self.options.tls_dir, identity, epochs=self._epochs)
+            # Calls time out soon after they should have been answered, so that a master that
+            # hangs (stopped, cut off) is left for another well within the lease.
+            fetch = MasterClient(self.options.master, self.options.tls_dir, identity,
+                                 timeout_s=defaults.POLL_WAIT_S + defaults.WORKER_CALL_TIMEOUT_S,
+                                 view=self._leaders)
+            report = MasterClient(self.options.master, self.options.tls_dir, identity,
+                                  timeout_s=defaults.WORKER_CALL_TIMEOUT_S, view=self._leaders)
             with self._lock:
                 running = [[r.task_id, r.attempt] for r in self.running.values()]
                 running += [[task_id, attempt] for task_id, attempt in self._unreported.items()]
