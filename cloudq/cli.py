@@ -125,6 +125,15 @@ def _certs_parser(sub: argparse._SubParsersAction) -> None:
     issue.add_argument("name")
 
 
+def _store_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("store", help="the master's store: move it to PostgreSQL")
+    actions = p.add_subparsers(dest="action", required=True)
+    move = actions.add_parser("migrate", help="copy an embedded store into an empty PostgreSQL "
+                                             "database (every master on it stopped)")
+    move.add_argument("--from", dest="source", type=Path, required=True, metavar="DATA_DIR")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://...")
+
+
 def _ctl_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctl", help="run one operator command against a running master")
     p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
@@ -149,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("CLOUDQ_LOG_LEVEL"),
                         help="DEBUG, INFO, WARNING... (default: INFO; WARNING under the master> shell)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_master_parser, _worker_parser, _certs_parser, _ctl_parser, _shell_parser):
+    for add in (_master_parser, _worker_parser, _certs_parser, _store_parser, _ctl_parser,
+                _shell_parser):
         add(sub)
     return parser
 
@@ -185,7 +195,21 @@ def _run(args: argparse.Namespace) -> int:
         return _certs(args)
     if args.command == "shell":
         return _shell(args)
+    if args.command == "store":
+        return _store(args)
     return _ctl(args)
+
+
+def _store(args: argparse.Namespace) -> int:
+    from cloudq.store.migrate import migrate
+
+    if not args.target.startswith(("postgresql://", "postgres://")):
+        raise CloudqError(f"--to {args.target!r}: give a PostgreSQL URL, postgresql://USER@HOST/DB")
+    done = migrate(args.source, args.target)
+    print(f"copied {done['tasks']} tasks, {done['events']} events and {done['meta']} settings "
+          f"from {done['from']} to {done['to']} in {done['seconds']:g} s; start the masters "
+          f"with --store {done['to']}")
+    return 0
 
 
 def _master(args: argparse.Namespace) -> int:
