@@ -19,6 +19,12 @@ Replacement: write ``checkpoint.json.tmp`` in one pass, fsync it, hard-link the 
 checkpoint to ``checkpoint.json.old``, rename the temporary file over ``checkpoint.json``,
 fsync the directory. At every instant ``checkpoint.json`` is a complete, fsynced checkpoint
 (the old or the new one), and ``.old`` is the one before it.
+
+Checkpoints are read and written through TinyDB's storage extension point,
+:class:`CheckpointStorage`: ``TinyDB(path, storage=CheckpointStorage)`` opens one (read-only
+unless ``access_mode="r+"``), with the checksum verified on read and every write atomic as
+above. The store hands the same ``write`` its snapshot of already-encoded texts, so a
+checkpoint is a string join and never a re-serialization of the state.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+from tinydb.storages import Storage
 
 from cloudq.errors import StoreError
 from cloudq.store.changes import Snapshot, dumps
@@ -71,17 +78,105 @@ def paths(directory: Path) -> tuple[Path, Path, Path]:
     return current, directory / (NAME + ".old"), directory / (NAME + ".tmp")
 
 
+# -- TinyDB's storage extension point -----------------------------------------------------
+
+
+class CheckpointStorage(Storage):
+    """A TinyDB storage for cloudq checkpoints.
+
+    ``read`` returns TinyDB's document (a table per name: records, events, meta and the
+    ``_store`` header) after checking the file's checksum; a damaged file raises
+    CorruptCheckpoint instead of showing a part of the state. ``write`` replaces the file
+    atomically (temporary file, fsync, ``.old`` link, rename, directory fsync). It takes
+    TinyDB's document, or the store's :class:`Snapshot`. Opened read-only by default: a
+    checkpoint written behind a running master's back would be replaced by its next one, so
+    write only to the checkpoint of a stopped master.
+    """
+
+    def __init__(self, path: str | Path, access_mode: str = "r", *, fsync: bool = True,
+                 on_step: Callable[[str], None] | None = None) -> None:
+        if access_mode not in ("r", "r+"):
+            raise ValueError("access_mode is 'r' (read only, the default) or 'r+'")
+        self.path = Path(path)
+        self.access_mode = access_mode
+        self.fsync = fsync
+        self.on_step = on_step or (lambda step: None)
+        self.replaced = False  # the last write made the previous checkpoint `.old`
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        """TinyDB's document; None when there is no checkpoint yet (an empty database)."""
+        if not self.path.exists():
+            return None
+        raw = self._raw()
+        _verify(raw)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CorruptCheckpoint(f"not valid JSON: {exc}") from exc
+
+    def load(self) -> LoadedCheckpoint:
+        """The checkpoint as the store loads it: each item parsed, and its JSON text kept."""
+        raw = self._raw()
+        header = _verify(raw)
+        try:
+            text = raw.decode("ascii")
+            doc = orjson.loads(raw)  # several times faster than json on 100k tasks
+            del raw
+        except ValueError as exc:  # UnicodeDecodeError and orjson.JSONDecodeError are ValueErrors
+            raise CorruptCheckpoint(f"not valid JSON: {exc}") from exc
+        try:
+            return _build(self.path, header, doc, text)
+        except CorruptCheckpoint:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptCheckpoint(f"unexpected layout: {exc!r}") from exc
+
+    def write(self, data: dict[str, dict[str, Any]] | Snapshot) -> None:
+        if self.access_mode != "r+":
+            raise PermissionError(f"{self.path} is opened read-only: pass access_mode='r+', "
+                                  "and write only to the checkpoint of a stopped master")
+        snap = data if isinstance(data, Snapshot) else self._snapshot(data)
+        self.replaced = write_file(self.path, snap, fsync=self.fsync, on_step=self.on_step)
+
+    def close(self) -> None:
+        pass  # no handle is kept between calls
+
+    def _raw(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read checkpoint {self.path}: {exc}") from exc
+
+    def _snapshot(self, doc: dict[str, dict[str, Any]]) -> Snapshot:
+        """A TinyDB document as a snapshot; the position in the journal it covers is kept."""
+        store = doc.get("_store") or {}
+        header = next(iter(store.values()), None) if isinstance(store, dict) else None
+        if header is None and self.path.exists():
+            header = _verify(self._raw())
+        lsn = int(header["lsn"]) if isinstance(header, dict) else 0
+        meta = [(item["key"], dumps(item["value"])) for item in doc.get("meta", {}).values()]
+        return Snapshot(lsn, [dumps(r) for r in doc.get("records", {}).values()],
+                        [dumps(e) for e in doc.get("events", {}).values()], meta)
+
+
 # -- writing ------------------------------------------------------------------------------
 
 
 def write(directory: Path, snap: Snapshot, *, fsync: bool, on_step: Callable[[str], None]) -> bool:
-    """Write ``snap`` as the new current checkpoint.
+    """Write ``snap`` as the new current checkpoint of the store in ``directory``, through
+    its TinyDB storage. Returns True when the previous current checkpoint became ``.old``
+    (False on the first checkpoint, when ``.old`` is left as it was). ``on_step`` is called
+    after each step, so tests can crash the process there."""
+    storage = CheckpointStorage(paths(directory)[0], "r+", fsync=fsync, on_step=on_step)
+    storage.write(snap)
+    return storage.replaced
 
-    Returns True when the previous current checkpoint became ``.old`` (False on the first
-    checkpoint, when ``.old`` is left as it was). ``on_step`` is called after each step, so
-    tests can crash the process there.
-    """
-    current, old, tmp = paths(directory)
+
+def write_file(current: Path, snap: Snapshot, *, fsync: bool,
+               on_step: Callable[[str], None]) -> bool:
+    """The atomic replacement itself (see the module's docstring)."""
+    directory = current.parent
+    old, tmp = current.with_name(current.name + ".old"), current.with_name(current.name + ".tmp")
     with open(tmp, "wb") as handle:
         out = _Output(handle, fsync, on_step)
         spans = _write_document(out, snap)
@@ -206,23 +301,7 @@ def load_newest(directory: Path) -> LoadedCheckpoint | None:
 
 def read(path: Path) -> LoadedCheckpoint:
     """Parse and verify one checkpoint file. Raises CorruptCheckpoint or StoreError."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read checkpoint {path}: {exc}") from exc
-    header = _verify(raw)
-    try:
-        text = raw.decode("ascii")
-        doc = orjson.loads(raw)  # several times faster than json on a checkpoint of 100k tasks
-        del raw
-    except ValueError as exc:  # UnicodeDecodeError and orjson.JSONDecodeError are ValueErrors
-        raise CorruptCheckpoint(f"not valid JSON: {exc}") from exc
-    try:
-        return _build(path, header, doc, text)
-    except CorruptCheckpoint:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CorruptCheckpoint(f"unexpected layout: {exc!r}") from exc
+    return CheckpointStorage(path).load()
 
 
 def _verify(raw: bytes) -> dict:

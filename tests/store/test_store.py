@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tinydb import TinyDB
+from tinydb import Query, TinyDB
 
 from cloudq.errors import StoreError
 from cloudq.store import Encoded, LoadedState, Store, dumps
+from cloudq.store.checkpoint import CheckpointStorage, CorruptCheckpoint
 from tests.store.taskdata import make_event, make_task, submit
 
 OpenStore = Callable[..., Store]
@@ -80,11 +81,38 @@ def test_checkpoint_is_readable_by_tinydb(open_store: OpenStore, data_dir: Path)
     store.checkpoint()
     store.close()
 
-    db = TinyDB(data_dir / "checkpoint.json", access_mode="r")
+    db = TinyDB(data_dir / "checkpoint.json", access_mode="r")  # TinyDB's own JSON storage
     assert db.table("records").all() == [make_task(seq) for seq in range(5)]
     assert db.table("events").all() == [make_event(seq) for seq in range(5)]
     assert db.table("meta").all() == [{"key": "epoch", "value": 7}]
     db.close()
+
+
+def test_checkpoint_storage_is_how_tinydb_opens_a_checkpoint(open_store: OpenStore, data_dir: Path) -> None:
+    store, _ = reload(open_store)
+    for seq in range(5):
+        store.append(submit(seq))
+    store.checkpoint()
+    store.close()
+    path = data_dir / "checkpoint.json"
+
+    with TinyDB(path, storage=CheckpointStorage) as db:  # read-only unless asked otherwise
+        records = db.table("records")
+        assert records.search(Query().id == make_task(3)["id"]) == [make_task(3)]
+        with pytest.raises(PermissionError, match="read-only"):
+            records.update({"name": "renamed"}, Query().id == make_task(3)["id"])
+    # With the master stopped, an operator's script may change it: the file stays a whole,
+    # checksummed checkpoint of the same journal position, which the store then loads.
+    with TinyDB(path, storage=CheckpointStorage, access_mode="r+") as db:
+        db.table("records").update({"name": "renamed"}, Query().id == make_task(3)["id"])
+    assert (data_dir / "checkpoint.json.old").exists()
+    _, state = reload(open_store)
+    assert state.records[make_task(3)["id"]]["name"] == "renamed"
+    assert len(state.records) == 5
+
+    path.write_bytes(path.read_bytes().replace(b"renamed", b"RENAMED"))  # not through TinyDB
+    with TinyDB(path, storage=CheckpointStorage) as db, pytest.raises(CorruptCheckpoint, match="checksum"):
+        db.table("records").all()
 
 
 @pytest.mark.parametrize("checkpoint_midway", [False, True])
