@@ -69,14 +69,15 @@ def bench_latency(tmp: Path, samples: int) -> dict[str, float]:
         master.stop()
 
 
-def bench_throughput(tmp: Path, total: int, workers: int, repeats: int, max_tasks: int) -> dict[str, float]:
+def bench_throughput(tmp: Path, total: int, workers: int, repeats: int, max_tasks: int,
+                     master_flags: tuple[str, ...] = (), label: str = "") -> dict[str, float]:
     """`workers` worker processes, each taking up to `max_tasks` tasks at once; `total` no-op
     tasks submitted in batches of 1000. A worker's max tasks sets how many outcomes and
     assignments share one fetch call: the master's cost per call is spread over them. Also
     gives the CPU (user + system) the master and the workers spent per task."""
     rates, master_cpu, workers_cpu = [], [], []
     for run in range(repeats):
-        master = MasterProc(tmp / f"tp{max_tasks}-{run}", "--interval", "300")
+        master = MasterProc(tmp / f"tp{label}{max_tasks}-{run}", "--interval", "300", *master_flags)
         limits = ("--max-tasks", str(max_tasks), "--cpu-cores", str(max_tasks))
         procs = [WorkerProc(master.address, f"w{i}", tmp / "work", *limits) for i in range(workers)]
         try:

@@ -152,7 +152,8 @@ class MasterProcess:
     def _lead(self, epoch: int, store: Any) -> None:
         with self._term_lock:
             term = Term(store, self.options, epoch)
-            term.master.leadership = self.seat.describe
+            if self.options.store_url is not None:  # masters sharing a store: for `status`
+                term.master.leadership = self.seat.describe
             self.term = term
             if self.metrics is not None:
                 self._http_app = self._leader_http(term)

@@ -250,32 +250,38 @@ class PostgresStore:
 
 
 def _write(conn: psycopg.Connection, ops: list[Op]) -> None:
-    """The batch's changes in their order, consecutive changes of a kind sent together."""
-    run: list[tuple] = []
-    kind_of_run = ""
+    """The batch as a few set-based statements, whatever its size. One transaction shows only
+    its end state, so the last put or delete of each task and the last value of each meta key
+    are all that is written; events go in, in their order."""
+    records: dict[str, str | None] = {}  # id -> record text, None: deleted
+    events: list[str] = []
+    meta: dict[str, str] = {}
     for kind, key, text in ops:
-        if kind != kind_of_run and run:
-            _send(conn, kind_of_run, run)
-            run = []
-        kind_of_run = kind
-        run.append((text,) if kind == "event" else (key,) if kind == "del" else (key, text))
-    if run:
-        _send(conn, kind_of_run, run)
-
-
-_STATEMENTS = {
-    "put": "INSERT INTO cloudq_tasks (id, record) VALUES (%s, %s::json) "
-           "ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-    "del": "DELETE FROM cloudq_tasks WHERE id = %s",
-    "event": "INSERT INTO cloudq_events (event) VALUES (%s::json)",
-    "meta": "INSERT INTO cloudq_meta (key, value) VALUES (%s, %s::json) "
-            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-}
-
-
-def _send(conn: psycopg.Connection, kind: str, rows: list[tuple]) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(_STATEMENTS[kind], rows)
+        if kind == "put":
+            records[key] = text
+        elif kind == "del":
+            records[key] = None
+        elif kind == "event":
+            events.append(text)
+        else:
+            meta[key] = text
+    puts = [(key, text) for key, text in records.items() if text is not None]
+    deleted = [key for key, text in records.items() if text is None]
+    if deleted:
+        conn.execute("DELETE FROM cloudq_tasks WHERE id = ANY(%b::text[])", (deleted,))
+    if puts:
+        conn.execute("INSERT INTO cloudq_tasks (id, record) SELECT id, record::json "
+                     "FROM unnest(%b::text[], %b::text[]) AS batch(id, record) "
+                     "ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                     ([key for key, _ in puts], [text for _, text in puts]))
+    if events:
+        conn.execute("INSERT INTO cloudq_events (event) SELECT event::json FROM "
+                     "unnest(%b::text[]) WITH ORDINALITY AS batch(event, n) ORDER BY n", (events,))
+    if meta:
+        conn.execute("INSERT INTO cloudq_meta (key, value) SELECT key, value::json "
+                     "FROM unnest(%b::text[], %b::text[]) AS batch(key, value) "
+                     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                     (list(meta), list(meta.values())))
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:

@@ -9,6 +9,7 @@ import re
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,9 @@ def test_one_master_leads_and_the_standby_points_at_it(pair: Pair) -> None:
 
     assert metric("a", "cloudq_master_is_leader") == 1 and metric("a", "cloudq_master_epoch") == 1
     assert metric("b", "cloudq_master_is_leader") == 0
+    with pytest.raises(urllib.error.HTTPError) as page:  # a standby's status page names the leader
+        urllib.request.urlopen(f"http://127.0.0.1:{ports['b']}/", timeout=5)
+    assert page.value.code == 503 and f"the leader is {a.address}" in page.value.read().decode()
 
 
 def _submit(client: Client, acked: list[str], stop: threading.Event, errors: list[str]) -> None:
