@@ -146,7 +146,8 @@ class MasterProcess:
         from cloudq.store.postgres import PostgresStore
 
         store = PostgresStore(self.options.store_url or "", epoch,
-                              event_retention=self.options.config.event_retention)
+                              event_retention=self.options.config.event_retention,
+                              hold_s=self.options.leader_lease_s)
         self._lead(epoch, store)
 
     def _lead(self, epoch: int, store: Any) -> None:
@@ -196,9 +197,23 @@ class MasterProcess:
 
         return standby_app(self.seat)
 
-    def _start_worker(self, index: int) -> subprocess.Popen:
+    def shell_link(self) -> Any:
+        """What the master's own `master>` shell talks through: the core in this process; with
+        standby masters, RPC to this master, which follows the leader wherever it is."""
+        from cloudq.shell.link import LocalLink, RemoteLink
+
+        if self.options.store_url is None:
+            assert self.term is not None
+            return LocalLink(self.term.master, self.address)
+        return RemoteLink(self._local_address(), self.options.tls_dir)
+
+    def _local_address(self) -> str:
+        """This master's RPC address as seen from its own machine."""
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind
-        argv = [sys.executable, "-m", "cloudq", "worker", "--master", f"{host}:{self.server.port}",
+        return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
+
+    def _start_worker(self, index: int) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "cloudq", "worker", "--master", self._local_address(),
                 "--name", f"worker-{index}"]
         if "--work-dir" not in self.options.worker_args:  # two masters must not share task folders
             argv += ["--work-dir", str(self.options.data_dir.resolve() / "work" / f"worker-{index}")]
@@ -314,9 +329,8 @@ def run_master(options: MasterOptions) -> int:
             # SIGTERM leaves the shell through the same clean stop as `quit`.
             signal.signal(signal.SIGTERM, _exit_on_signal)
             from cloudq.shell import run_shell
-            from cloudq.shell.link import LocalLink
 
-            run_shell(LocalLink(process.master, process.address))
+            run_shell(process.shell_link())
         else:
             process.serve_forever()
     finally:

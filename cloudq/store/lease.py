@@ -135,7 +135,8 @@ class LeaderLease:
             ensure_schema(self.url)
             self._schema_ready = True
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.url, autocommit=True)
+            # A takeover waits for the old leader's write in flight, but no longer than a lease.
+            self._conn = connect(self.url, autocommit=True, hold_s=self.lease_s)
         try:
             return self._conn.execute(sql, params)
         except psycopg.Error as err:

@@ -79,11 +79,23 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection, or StoreError naming the server and why."""
+def connect(url: str, *, autocommit: bool = False, hold_s: float | None = None) -> psycopg.Connection:
+    """A connection, or StoreError naming the server and why.
+
+    `hold_s` bounds how long this session may hold locks without moving: the server ends it
+    when it sits idle inside a transaction that long, and a statement waits at most that long
+    for a lock. A leader stopped in the middle of a write (SIGSTOP, a frozen VM) would
+    otherwise keep its share lock on the lease row, and with it every standby from taking
+    over, for as long as it stays stopped."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S,
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                application_name="cloudq")
+        if hold_s is not None:
+            ms = max(int(hold_s * 1000), 1)
+            conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+            conn.execute(f"SET lock_timeout = {ms}")
+        conn.autocommit = autocommit
+        return conn
     except psycopg.Error as err:
         raise StoreError(f"cannot reach PostgreSQL at {redacted(url)}: {_first_line(err)}") from err
 
@@ -120,11 +132,13 @@ class PostgresStore:
 
     backend = "postgresql"
 
-    def __init__(self, url: str, epoch: int, *, event_retention: int = 100_000) -> None:
+    def __init__(self, url: str, epoch: int, *, event_retention: int = 100_000,
+                 hold_s: float = 3.0) -> None:
         if event_retention < 0:
             raise StoreError("event_retention must be >= 0")
         self.url = url
         self.epoch = epoch
+        self.hold_s = hold_s  # see connect(): the leader lease's length
         self.event_retention = event_retention
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # one transaction at a time on the one connection
@@ -224,7 +238,7 @@ class PostgresStore:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.url)
+            self._conn = connect(self.url, hold_s=self.hold_s)
             self._counters["reconnects"] += 1
         return self._conn
 

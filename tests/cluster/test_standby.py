@@ -19,6 +19,7 @@ import pytest
 
 from cloudq.client import Client
 from cloudq.errors import CloudqError
+from cloudq.rpc import tls
 from cloudq.rpc.client import MasterClient
 from tests.cluster.harness import MasterProc, WorkerProc, wait_until
 from tests.e2e.conftest import free_port
@@ -132,6 +133,20 @@ def test_one_master_leads_and_the_standby_points_at_it(pair: Pair) -> None:
     with pytest.raises(urllib.error.HTTPError) as page:  # a standby's status page names the leader
         urllib.request.urlopen(f"http://127.0.0.1:{ports['b']}/", timeout=5)
     assert page.value.code == 503 and f"the leader is {a.address}" in page.value.read().decode()
+
+
+def test_masters_share_one_certificate_and_tls_clients_follow_the_leader(
+        pair: Pair, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    tls.init_cluster(certs, ["w1"], ["localhost", "127.0.0.1"])
+    a = pair.start_master("a", "--tls-dir", str(certs))
+    b = pair.start_master("b", "--tls-dir", str(certs))
+    pair.start_worker("w1", "--tls-dir", str(certs))
+    with Client(f"{b.address},{a.address}", tls_dir=certs) as cq:
+        assert cq.ping()["role"] == "standby"  # ping is answered where it is asked
+        done = cq.submit(kind="noop", name="over-tls").wait(timeout=30)
+        assert done["state"] == "completed" and done["worker"] == "w1"
+        assert cq._rpc.address == a.address
 
 
 def _submit(client: Client, acked: list[str], stop: threading.Event, errors: list[str]) -> None:

@@ -12,7 +12,14 @@ import pytest
 from cloudq.errors import StoreError
 from cloudq.store import Encoded, dumps
 from cloudq.store.lease import LeaderLease
-from cloudq.store.postgres import SCHEMA_VERSION, Fenced, PostgresStore, ensure_schema
+from cloudq.store.postgres import (
+    SCHEMA_VERSION,
+    Fenced,
+    PostgresStore,
+    close_quietly,
+    connect,
+    ensure_schema,
+)
 from tests.postgres import PostgresServer
 from tests.store.taskdata import make_event, make_task
 
@@ -136,6 +143,25 @@ def test_a_takeover_waits_for_the_leaders_write_in_flight(url: str) -> None:
         conn.commit()
     taker.join(5)
     assert taken == [epoch + 1]
+
+
+def test_a_leader_stopped_mid_write_does_not_block_the_takeover(url: str) -> None:
+    """A leader frozen inside a transaction (SIGSTOP, a paused VM) holds the fence's share
+    lock: the server ends its session after hold_s idle, so the takeover goes through."""
+    _, epoch = lead(url, "old", lease_s=0.3)
+    frozen = connect(url, hold_s=0.5)  # as PostgresStore opens its connection
+    frozen.execute("SELECT cloudq_fence(%s)", (epoch,))  # ...and then nothing more
+    time.sleep(0.4)  # the lease has expired
+    started = time.monotonic()
+    taken = LeaderLease(url, "new", "new:1", 5).try_acquire()
+    waited = time.monotonic() - started
+    while taken is None:  # the lock wait may time out once before the session is ended
+        taken = LeaderLease(url, "new", "new:1", 5).try_acquire()
+        waited = time.monotonic() - started
+    assert taken == epoch + 1 and waited < 3.0
+    with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+        frozen.execute("INSERT INTO cloudq_meta VALUES ('late', '1')")  # its session is gone
+    close_quietly(frozen)
 
 
 def test_the_schema_is_versioned_and_a_newer_one_refused(url: str) -> None:
