@@ -1,0 +1,20 @@
+"""The short versions of the fault campaign (bench/chaos/run.py has the full ones): each prints
+its figures (pytest -s) and fails on any broken promise (docs/reliability.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.queue_check import run_queue_check
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_queue_check_with_the_master_killed_at_random(tmp_path: Path, task_writable_dir: Path) -> None:
+    result = run_queue_check(tmp_path, task_writable_dir, trials=3, submissions=900)
+    print("\n" + result.report())
+    assert result.acknowledged >= 900 * 0.9, result.report()  # the clients got through
+    assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
+    assert max(result.accept_s) <= 5.0, result.report()
