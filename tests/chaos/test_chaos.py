@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.queue_check import run_queue_check
+from tests.chaos.worker_kill import run_worker_kills
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -18,3 +19,10 @@ def test_queue_check_with_the_master_killed_at_random(tmp_path: Path, task_writa
     assert result.acknowledged >= 900 * 0.9, result.report()  # the clients got through
     assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
     assert max(result.accept_s) <= 5.0, result.report()
+
+
+def test_workers_killed_mid_task_have_it_requeued_within_the_lease(tmp_path: Path) -> None:
+    result = run_worker_kills(tmp_path, trials=5)
+    print("\n" + result.report())
+    assert len(result.requeue_s) == 5
+    assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()

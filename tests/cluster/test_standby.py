@@ -5,8 +5,11 @@ nothing; a restarted database is waited out. Workers and clients are given both 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -21,7 +24,7 @@ from cloudq.client import Client
 from cloudq.errors import CloudqError
 from cloudq.rpc import tls
 from cloudq.rpc.client import MasterClient
-from tests.cluster.harness import MasterProc, WorkerProc, wait_until
+from tests.cluster.harness import ROOT, MasterProc, WorkerProc, wait_until
 from tests.e2e.conftest import free_port
 from tests.postgres import PostgresServer
 
@@ -118,6 +121,10 @@ def test_one_master_leads_and_the_standby_points_at_it(pair: Pair) -> None:
         wait_until(lambda: {m["address"]: m["role"] for m in cq.command(["status"]).data[
             "leadership"]["masters"]} == {a.address: "leader", b.address: "standby"}, 5,
             "both masters in status")
+    ctl = subprocess.run([sys.executable, "-m", "cloudq", "ctl", "--master", f"{b.address},{a.address}",
+                          "--json", "status"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert ctl.returncode == 0, ctl.stderr
+    assert json.loads(ctl.stdout)["leadership"]["role"] == "leader"  # ctl, too, went to the leader
     with Client(b.address) as only_standby:  # given the standby alone, it is told the leader
         assert only_standby.ping() == {**only_standby.ping(), "role": "standby", "leader": a.address}
         assert only_standby.get(done["id"])["state"] == "completed"  # and goes there
