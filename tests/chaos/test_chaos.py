@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.queue_check import run_queue_check
+from tests.chaos.restart_diff import run_restart_diff
 from tests.chaos.worker_kill import run_worker_kills
 
 pytestmark = pytest.mark.timeout(600)
@@ -26,3 +27,12 @@ def test_workers_killed_mid_task_have_it_requeued_within_the_lease(tmp_path: Pat
     print("\n" + result.report())
     assert len(result.requeue_s) == 5
     assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
+
+
+def test_a_master_restart_changes_only_what_it_may(tmp_path: Path) -> None:
+    result = run_restart_diff(tmp_path)
+    print(f"\nrestart diff: {result['tasks']} tasks in every state; changed beyond what a restart may:"
+          f" {result['diff'] or 'nothing'}; queue order kept: {result['order_kept']}")
+    assert not result["missing"] and not result["new"], result
+    assert result["diff"] == {}, result["diff"]
+    assert result["order_kept"]
