@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudq.client import Client
-from cloudq.errors import CloudqError
+from cloudq.errors import CloudqError, NotLeaderError
 from tests.cluster.harness import MasterProc, WorkerProc, wait_until
 from tests.e2e.conftest import free_port
 
@@ -41,6 +41,7 @@ SCRIPT = ('trap \'echo "$CLOUDQ_TASK_ID $CLOUDQ_ATTEMPT end $EPOCHREALTIME" >> {
 @dataclass
 class QueueCheck:
     trials: int
+    killed: str = "master"  # or "leader" (standby masters)
     acknowledged: int = 0
     stored: int = 0
     lost: list[str] = field(default_factory=list)  # acknowledged, never present
@@ -60,7 +61,7 @@ class QueueCheck:
     def report(self) -> str:
         accept = sorted(self.accept_s)
         p = (lambda q: accept[min(len(accept) - 1, int(q * len(accept)))]) if accept else (lambda q: 0.0)
-        return (f"queue check: {self.trials} kill -9 of the master, {self.acknowledged} acknowledged "
+        return (f"queue check: {self.trials} kill -9 of the {self.killed}, {self.acknowledged} acknowledged "
                 f"submissions, {self.stored} stored, {self.runs} runs; "
                 + ", ".join(f"{k} {v}" for k, v in self.failures().items())
                 + f"; final states {self.by_state}; accepting again after a kill: "
@@ -68,26 +69,77 @@ class QueueCheck:
                 f"max {max(accept, default=0):.2f} s")
 
 
+class OneMaster:
+    """The master on its embedded store, killed -9 and started again on the same port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.master = MasterProc(tmp / "data", *MASTER_FLAGS, port=self.port)
+        self.address = self.master.address
+
+    def kill(self) -> float:
+        self.master.kill()
+        killed_at = time.monotonic()
+        self.master = MasterProc(self.tmp / "data", *MASTER_FLAGS, port=self.port)
+        return killed_at
+
+    def stop(self) -> None:
+        self.master.stop()
+
+
+class StandbyMasters:
+    """Two masters on one PostgreSQL database: the leader is killed -9 and started again (as
+    a standby, on the same port); workers and clients are given both."""
+
+    def __init__(self, tmp: Path, url: str) -> None:
+        self.tmp, self.url = tmp, url
+        self.ports = [free_port(), free_port()]
+        self.masters = [self._start(i) for i in range(2)]
+        self.address = ",".join(m.address for m in self.masters)
+
+    def _start(self, i: int) -> MasterProc:
+        return MasterProc(self.tmp / f"m{i}", "--store", self.url, *MASTER_FLAGS, port=self.ports[i])
+
+    def kill(self) -> float:
+        leader = next(i for i, m in enumerate(self.masters) if _role(m.address) == "leader")
+        self.masters[leader].kill()
+        killed_at = time.monotonic()
+        self.masters[leader] = self._start(leader)
+        return killed_at
+
+    def stop(self) -> None:
+        for master in self.masters:
+            master.stop()
+
+
+def _role(address: str) -> str | None:
+    try:
+        with Client(address, timeout_s=2) as c:
+            return c.ping()["role"]
+    except (CloudqError, ConnectionError, OSError):
+        return None
+
+
 def run_queue_check(tmp: Path, runs_dir: Path, *, trials: int, submissions: int, clients: int = 3,
-                    workers: int = 4, seed: int = 2026) -> QueueCheck:
+                    workers: int = 4, seed: int = 2026, store: str | None = None) -> QueueCheck:
     """`submissions` tasks in all from `clients` threads; `trials` kills of the master spread
-    over them. `runs_dir` must be writable by the workers' task user."""
+    over them. `runs_dir` must be writable by the workers' task user. With `store` (a
+    PostgreSQL URL), two masters share it and each kill is of the leader."""
     rng = random.Random(seed)
     runs = runs_dir / "runs.log"
     runs.touch()
     runs.chmod(0o666)
-    port = free_port()
-    master = MasterProc(tmp / "data", *MASTER_FLAGS, port=port)
-    address = master.address
+    masters: OneMaster | StandbyMasters = OneMaster(tmp) if store is None else StandbyMasters(tmp, store)
+    address = masters.address
     procs = [WorkerProc(address, f"w{i}", tmp / "work", "--max-tasks", "4", "--cpu-cores", "4")
              for i in range(workers)]
-    result = QueueCheck(trials)
+    result = QueueCheck(trials, "master" if store is None else "leader of two masters on PostgreSQL")
     acked: list[str] = []
     lock = threading.Lock()
     per_client = submissions // clients
     try:
-        for i in range(workers):
-            master.wait_worker(f"w{i}")
+        with Client(address) as cq:
+            wait_until(lambda: len(cq.workers()) == workers, 30, "the workers registered")
         threads = [threading.Thread(target=_client, args=(address, k, per_client, runs, acked, lock),
                                     daemon=True) for k in range(clients)]
         for thread in threads:
@@ -97,9 +149,7 @@ def run_queue_check(tmp: Path, runs_dir: Path, *, trials: int, submissions: int,
             wait_until(lambda t=target: len(acked) >= t or not any(th.is_alive() for th in threads),
                        120, f"{target} acknowledged submissions")
             time.sleep(rng.uniform(0.0, 0.3))  # a random moment, not a submit boundary
-            master.kill()
-            killed_at = time.monotonic()
-            master = MasterProc(tmp / "data", *MASTER_FLAGS, port=port)
+            killed_at = masters.kill()
             result.accept_s.append(_accepts_again(address, trial) - killed_at)
         for thread in threads:
             thread.join(timeout=300)
@@ -108,13 +158,15 @@ def run_queue_check(tmp: Path, runs_dir: Path, *, trials: int, submissions: int,
     finally:
         for proc in procs:
             proc.stop()
-        master.stop()
+        masters.stop()
     return result
 
 
 def _client(address: str, k: int, count: int, runs: Path, acked: list[str], lock: threading.Lock) -> None:
-    """Submits `count` tasks named c<k>-<n>; a name is never sent twice, so a name stored twice
-    is a duplicate made by cloudq. A batch whose call failed is not acknowledged."""
+    """Submits `count` tasks named c<k>-<n>. A name is sent again only after a refusal that
+    says nothing was done (a standby's, during an election); after any other failure the
+    batch may or may not have been stored, so it is not acknowledged and its names are never
+    used again: a name stored twice is a duplicate made by cloudq."""
     spec = {"argv": ["bash", "-c", SCRIPT.format(runs=runs)]}
     n = 0
     client: Client | None = None
@@ -126,14 +178,18 @@ def _client(address: str, k: int, count: int, runs: Path, acked: list[str], lock
                 time.sleep(0.05)
                 continue
         names = [f"c{k}-{n + i}" for i in range(min(BATCH, count - n))]
-        n += len(names)
         try:
             client.submit_many([{"kind": "exec", "name": name, "spec": spec, "max_retries": MAX_RETRIES}
                                 for name in names])
+        except NotLeaderError:
+            time.sleep(0.05)  # no leader yet: nothing was done, the same names go again
+            continue
         except (CloudqError, ConnectionError, OSError):
+            n += len(names)
             client.close()
             client = None
             continue
+        n += len(names)
         with lock:
             acked.extend(names)
 

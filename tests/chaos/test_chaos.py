@@ -10,6 +10,7 @@ import pytest
 from tests.chaos.queue_check import run_queue_check
 from tests.chaos.restart_diff import run_restart_diff
 from tests.chaos.worker_kill import run_worker_kills
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,3 +37,13 @@ def test_a_master_restart_changes_only_what_it_may(tmp_path: Path) -> None:
     assert not result["missing"] and not result["new"], result
     assert result["diff"] == {}, result["diff"]
     assert result["order_kept"]
+
+
+def test_queue_check_with_the_leader_of_two_masters_killed(
+        tmp_path: Path, task_writable_dir: Path, postgres: PostgresServer) -> None:
+    result = run_queue_check(tmp_path, task_writable_dir, trials=3, submissions=600,
+                             store=postgres.new_database())
+    print("\n" + result.report())
+    assert result.acknowledged >= 600 * 0.9, result.report()
+    assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
+    assert max(result.accept_s) <= 5.0, result.report()
