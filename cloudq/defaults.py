@@ -53,6 +53,10 @@ POLL_WAIT_S = 10.0
 # fetch past its long-poll) means the master hangs: the worker leaves it for another master.
 WORKER_CALL_TIMEOUT_S = 5.0
 MAX_TASKS = 2  # tasks a worker runs at once unless --max-tasks says otherwise
+# A worker whose work directory has less free space than this fails a task at once, saying
+# so (and a failed task's error says it when the disk is this full after it ran); neither
+# counts against the worker, which takes tasks again as soon as space is freed.
+WORK_DIR_MIN_FREE_MB = 4
 
 # --- tasks ------------------------------------------------------------------------------------
 MAX_RETRIES = 3  # a task runs at most max_retries + 1 times

@@ -18,7 +18,7 @@ from cloudq.errors import ValidationError
 
 OUTCOMES = ("completed", "failed", "cancelled", "timed_out")
 STATES = ("running", *OUTCOMES)
-FAULTS = ("task", "worker")
+FAULTS = ("task", "worker", "space")  # only "worker" counts toward quarantine
 MAX_ID_CHARS = 64
 MAX_LOG_TAIL_CHARS = 8192
 MAX_ERROR_CHARS = 2000

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudq import defaults
 from cloudq.worker.options import WorkerOptions
 from cloudq.worker.runners import Fault, RunContext, RunResult, confine, is_instant, tail_log
-from cloudq.worker.runners.base import one_line
+from cloudq.worker.runners.base import fault_of, one_line
 from cloudq.worker.runners.confine import TaskUser
 
 log = logging.getLogger("cloudq.worker")
@@ -120,10 +121,15 @@ class TaskRunner:
                 self._unreported[task_id] = attempt
             self._at_hand.append(outcome)
             return
+        full = self._work_dir_full()
+        if full:  # nothing would get far: fail it now, saying why (it is retried elsewhere)
+            self._fail_at_once(entry, full, Fault.SPACE)
+            return
         try:
             work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as err:  # a full or read-only disk: fail the task, blame the worker
-            self._fail_at_once(entry, f"task directory {work_dir} cannot be created: {err.strerror}")
+        except OSError as err:  # a full or read-only disk: fail the task, saying why
+            self._fail_at_once(entry, f"task directory {work_dir} cannot be created: {err.strerror}",
+                               fault_of(err) if fault_of(err) is Fault.SPACE else Fault.WORKER)
             return
         with self._lock:
             self.running[task_id] = entry
@@ -140,9 +146,21 @@ class TaskRunner:
             self._slots_used.add(entry.slot)
         entry.user = self.task_user.for_slot(self.options.exec_uid_base, entry.slot or 0)
 
-    def _fail_at_once(self, entry: Running, error: str) -> None:
+    def _work_dir_full(self) -> str | None:
+        """Why no task can run here now (the work directory's disk is full), or None."""
+        try:
+            free = shutil.disk_usage(self.options.work_dir).free
+        except OSError:
+            return None  # not measurable: the task's own set-up will say what is wrong
+        if free >= defaults.WORK_DIR_MIN_FREE_MB << 20:
+            return None
+        return (f"no space left in the worker's work directory {self.options.work_dir} "
+                f"({free / 2**20:.1f} MB free): free space there (this does not count against "
+                "the worker)")
+
+    def _fail_at_once(self, entry: Running, error: str, fault: Fault = Fault.WORKER) -> None:
         log.error("task %s not started: %s", entry.task_id, error)
-        result = failed_result(time.time(), error)
+        result = failed_result(time.time(), error, fault)
         result["started_at"] = time.time()
         with self._lock:
             self._unreported[entry.task_id] = entry.attempt
@@ -195,6 +213,11 @@ class TaskRunner:
             log.exception("runner crashed on %s", entry.task_id)
             result = failed_result(started, f"runner crashed: {type(err).__name__}: {err}")
         result["started_at"] = started
+        if result["status"] == "failed" and result.get("fault") != str(Fault.SPACE):
+            full = self._work_dir_full()
+            if full:  # a task that could not write its output fails with an unhelpful code
+                result["error"] = one_line(f"{result.get('error') or 'failed'}; {full}")
+                result["fault"] = str(Fault.SPACE)
         with self._lock:
             self.counts.add(entry.kind, result)
         return {"task": entry.task_id, "attempt": entry.attempt, "state": result["status"],
@@ -268,7 +291,8 @@ def directory_bytes(path: Path, limit: int = MAX_MEASURED_ENTRIES) -> int:
     return total
 
 
-def failed_result(started: float, error: str) -> dict[str, Any]:
-    """The result of a task this worker failed to run: the worker's fault, not the task's."""
+def failed_result(started: float, error: str, fault: Fault = Fault.WORKER) -> dict[str, Any]:
+    """The result of a task this worker failed to run: by default the worker's fault, not the
+    task's."""
     return {"status": "failed", "exit_code": None, "duration_s": time.time() - started,
-            "error": one_line(error), "output": {}, "log_tail": "", "fault": str(Fault.WORKER)}
+            "error": one_line(error), "output": {}, "log_tail": "", "fault": str(fault)}

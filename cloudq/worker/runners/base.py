@@ -42,6 +42,9 @@ class Fault(StrEnum):
 
     TASK = "task"
     WORKER = "worker"
+    # The worker's disk was full. Not the task's doing, and not a fault that should quarantine
+    # the worker either: it clears by itself when space is freed (and the task is retried).
+    SPACE = "space"
 
 
 class WorkerFaultError(RunnerError):
@@ -49,14 +52,18 @@ class WorkerFaultError(RunnerError):
 
 
 # An OSError with one of these is the machine's trouble whatever the task asked for.
-WORKER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM,
-                           errno.EMFILE, errno.ENFILE, errno.EAGAIN})
+WORKER_ERRNOS = frozenset({errno.EROFS, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE,
+                           errno.EAGAIN})
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # a full disk or quota: Fault.SPACE
 
 
 def fault_of(exc: BaseException) -> Fault:
     """The fault a RunnerError (or an OSError met while setting a task up) stands for."""
+    if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS:
+        return Fault.SPACE
     if isinstance(exc, WorkerFaultError):
-        return Fault.WORKER
+        return Fault.SPACE if isinstance(exc.__cause__, OSError) and (
+            exc.__cause__.errno in SPACE_ERRNOS) else Fault.WORKER
     if isinstance(exc, OSError) and exc.errno in WORKER_ERRNOS:
         return Fault.WORKER
     return Fault.TASK
