@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,25 @@ class Cluster:
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 proc.stop(timeout=10)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """tmpfs(name, size_mb): a small file system of the test's own (to fill up), mounted under
+    tmp_path; every one is unmounted afterwards."""
+    mounts: list[Path] = []
+
+    def mount(name: str, size_mb: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+                       check=True)
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ and it runs tasks again as soon as space is freed."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudq.client import Client
@@ -16,19 +12,8 @@ from tests.cluster.test_full_disk import _fill
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def small_work_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs of the test's own for the worker's work directory."""
-    mount = tmp_path / "work-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_a_full_work_directory_fails_tasks_plainly_without_blaming_the_worker(cluster, small_work_disk):
+def test_a_full_work_directory_fails_tasks_plainly_without_blaming_the_worker(cluster, tmpfs):
+    small_work_disk = tmpfs("work-disk", 8)
     master = cluster.start_master("--quarantine-after", "3")
     worker = cluster.start_worker("w1", "--work-dir", str(small_work_disk / "w1"))
     echo = {"argv": ["sh", "-c", "echo hello"]}
