@@ -26,15 +26,17 @@ def _stable(task: dict) -> tuple:
 def test_an_embedded_store_moves_to_postgresql_whole(tmp_path: Path, postgres: PostgresServer) -> None:
     data = tmp_path / "data"
     master = MasterProc(data, "--interval", "300")
-    with Client(master.address) as cq:
-        ids = [t.id for t in cq.submit_many([{"kind": "noop", "name": f"job{i}"} for i in range(300)])]
-        cancelled = cq.cancel(ids[0])["state"]
-        before = {t["id"]: t for t in cq.queue(limit=1000)}
-        events_before = len(list(cq.events()))
-    url = postgres.new_database()
-    running = cloudq("store", "migrate", "--from", str(data), "--to", url)
-    assert running.returncode == 2 and "in use by" in running.stderr  # the master holds it
-    master.stop()
+    try:
+        with Client(master.address) as cq:
+            ids = [t.id for t in cq.submit_many([{"kind": "noop", "name": f"job{i}"} for i in range(300)])]
+            cancelled = cq.cancel(ids[0])["state"]
+            before = {t["id"]: t for t in cq.queue(limit=1000)}
+            events_before = len(list(cq.events()))
+        url = postgres.new_database()
+        running = cloudq("store", "migrate", "--from", str(data), "--to", url)
+        assert running.returncode == 2 and "in use by" in running.stderr  # the master holds it
+    finally:
+        master.stop()  # stopped here in any case: the migration needs its lock released
 
     done = cloudq("store", "migrate", "--from", str(data), "--to", url)
     assert done.returncode == 0, done.stderr
