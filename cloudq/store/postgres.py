@@ -194,7 +194,10 @@ class PostgresStore:
             if self._events_since_trim + events >= _TRIM_EVERY:
                 trim = True
             try:
-                with conn.pipeline(), conn.transaction():
+                # No pipeline: between statements the session is "idle in transaction", which
+                # the server times out (connect's hold_s). Mid-pipeline it is not, so a leader
+                # stopped there would hold the fence's lock, and every takeover, indefinitely.
+                with conn.transaction():
                     conn.execute("SELECT cloudq_fence(%s)", (self.epoch,))
                     _write(conn, ops)
                     if trim:
