@@ -27,6 +27,7 @@ from cloudq.master.processor import Processor
 from cloudq.master.seat import Seat
 from cloudq.master.service import make_service
 from cloudq.master.state import consume
+from cloudq.rpc.client import join_address
 from cloudq.rpc.server import ConnectionSlots, start_server
 from cloudq.store import Store
 
@@ -210,7 +211,7 @@ class MasterProcess:
     def _local_address(self) -> str:
         """This master's RPC address as seen from its own machine."""
         host = "127.0.0.1" if self.options.bind in ("0.0.0.0", "::") else self.options.bind
-        return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
+        return join_address(host, self.server.port)
 
     def _start_worker(self, index: int) -> subprocess.Popen:
         argv = [sys.executable, "-m", "cloudq", "worker", "--master", self._local_address(),
@@ -266,8 +267,7 @@ def _redacted(url: str) -> str:
 def _reachable(bind: str, port: int) -> str:
     """This master's address for others: its bind address, or its host name when it listens
     on every interface."""
-    host = socket.getfqdn() if bind in ("0.0.0.0", "::", "") else bind
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_address(socket.getfqdn() if bind in ("0.0.0.0", "::", "") else bind, port)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -96,7 +96,7 @@ class MasterClient:
         if not self.addresses:
             raise ValidationError(f"master address {address!r} names no master")
         self.host, self.port = self.addresses[0]
-        self.address = _joined(self.host, self.port)
+        self.address = join_address(self.host, self.port)
         self.tls_dir = tls_dir
         self.stem = "admin" if identity == tls.ADMIN_NAME else identity
         self.timeout_s = timeout_s
@@ -108,7 +108,7 @@ class MasterClient:
     def _go_to(self, host: str, port: int) -> None:
         self._drop()
         self.host, self.port = host, port
-        self.address = _joined(host, port)
+        self.address = join_address(host, port)
 
     def _connect_any(self) -> None:
         """The master that led or answered last (if known), else the current one, then each
@@ -226,9 +226,7 @@ class MasterClient:
             if (host, port) not in self.addresses:
                 self.addresses.append((host, port))
         elif len(self.addresses) > 1:
-            index = self.addresses.index((self.host, self.port)) if (
-                (self.host, self.port) in self.addresses) else -1
-            host, port = self.addresses[(index + 1) % len(self.addresses)]
+            host, port = self._next_address()
         else:
             return False
         self._go_to(host, port)
@@ -262,10 +260,14 @@ class MasterClient:
         self._drop()
         if self.view.prefer == (self.host, self.port):
             self.view.prefer = None
-        if len(self.addresses) > 1 and (self.host, self.port) in self.addresses:
-            index = self.addresses.index((self.host, self.port))
-            self.host, self.port = self.addresses[(index + 1) % len(self.addresses)]
-            self.address = _joined(self.host, self.port)
+        if len(self.addresses) > 1:
+            self._go_to(*self._next_address())
+
+    def _next_address(self) -> tuple[str, int]:
+        """The master after the current one in the list (the first if it is not listed)."""
+        here = (self.host, self.port)
+        index = self.addresses.index(here) if here in self.addresses else -1
+        return self.addresses[(index + 1) % len(self.addresses)]
 
     def _drop(self) -> None:
         """Forgets a connection that cannot be used any more. The socket is shut first, so that
@@ -292,7 +294,8 @@ class MasterClient:
         self.close()
 
 
-def _joined(host: str, port: int) -> str:
+def join_address(host: str, port: int) -> str:
+    """'host:port', with IPv6 hosts in brackets: the inverse of parse_address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -371,7 +374,7 @@ def _speaks_tls(host: str, port: int) -> bool:
 def _speaks_plain(host: str, port: int) -> bool:
     """Whether a master without TLS answers at host:port. Asked only after a TLS handshake failed."""
     try:
-        with MasterClient(_joined(host, port), timeout_s=defaults.HANDSHAKE_TIMEOUT_S) as probe:
+        with MasterClient(join_address(host, port), timeout_s=defaults.HANDSHAKE_TIMEOUT_S) as probe:
             probe.call("ping")
     except (CloudqError, ConnectionError, OSError):
         return False
