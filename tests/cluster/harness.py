@@ -161,10 +161,13 @@ class MasterProc(Proc):
 
 class WorkerProc(Proc):
     def __init__(self, master: str, name: str, work_dir: Path, *extra: str,
-                 env: dict[str, str] | None = None, module: str = "cloudq") -> None:
+                 env: dict[str, str] | None = None, module: str = "cloudq",
+                 prefix: tuple[str, ...] = ()) -> None:
         """`module`: what `python -m` runs, given `worker` and the flags (a stand-in for
-        `cloudq`, e.g. tests.e2e.fake_gpu_worker)."""
-        argv = [sys.executable, "-m", module, "worker", "--master", master, "--name", name,
+        `cloudq`, e.g. tests.e2e.fake_gpu_worker). `prefix` runs the worker under a command
+        that ends by exec-ing it, so signals reach the worker itself, e.g. ("ip", "netns",
+        "exec", NAME)."""
+        argv = [*prefix, sys.executable, "-m", module, "worker", "--master", master, "--name", name,
                 "--work-dir", str(work_dir / name), *extra]
         super().__init__(argv, env)
         self.name = name
