@@ -2,7 +2,10 @@
 
 Limits come from the task's resources (nano_cpus, mem_limit = memswap_limit, pids_limit), GPUs
 only through device_requests, no network unless the spec asks, no privileges, every capability
-dropped, no-new-privileges. A missing image fails at once unless pulling is allowed: the engine
+dropped, no-new-privileges. The root file system is read-only: a writable layer (and the
+engine's /etc/hosts, /etc/resolv.conf, /etc/hostname) would be files on the worker's disk that
+a task could grow without any limit. Scratch space is a tmpfs at /tmp, whose pages count
+toward the memory limit. A missing image fails at once unless pulling is allowed: the engine
 would otherwise try a pull that, without network, is a slow error. The only host directories
 mounted are the storage roots the task names, at /roots/NAME: read-only for input_roots,
 read-write for output_roots (CLOUDQ_ROOT_<NAME> says where). Logs stream into task.log
@@ -42,6 +45,7 @@ from cloudq.worker.runners.storage import root_of
 
 TASK_LABEL = "cloudq.task"
 PIDS_LIMIT = 512  # enough for real work, too few for a fork bomb to hurt the host
+SCRATCH = "/tmp"  # the one writable path that is not a storage root
 API_TIMEOUT_S = 30
 LOG_JOIN_S = 5.0
 LOG_STALL_S = 5.0  # after the exit, the copy may take as long as it likes while bytes flow
@@ -129,6 +133,8 @@ def container_options(ctx: RunContext) -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": PIDS_LIMIT,
+        "read_only": True,
+        "tmpfs": {SCRATCH: f"rw,exec,nosuid,nodev,size={scratch_size(ctx)}"},
         "stdin_open": False,
         "tty": False,
     }
@@ -168,6 +174,15 @@ def memory_limit(ctx: RunContext) -> int:
     if ctx.container_mem_default:
         return ctx.container_mem_default
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def scratch_size(ctx: RunContext) -> int:
+    """Bytes of /tmp: the task's storage_gb, at most its memory limit (tmpfs pages are charged
+    to it, so more could never be filled); the memory limit when it asked for no storage.
+    Filling a smaller /tmp is "No space left on device"; filling the memory is an OOM kill."""
+    limit = memory_limit(ctx)
+    storage_gb = float(ctx.resources.get("storage_gb") or 0)
+    return min(int(storage_gb * 1024**3), limit) if storage_gb > 0 else limit
 
 
 def _create(client: docker.DockerClient, ctx: RunContext) -> Any:
