@@ -19,6 +19,11 @@ def _env(name: str, default: object) -> str:
     return os.environ.get(f"CLOUDQ_{name.upper()}", str(default))
 
 
+def _env_path(name: str) -> Path | None:
+    raw = os.environ.get(f"CLOUDQ_{name.upper()}")
+    return Path(raw) if raw else None
+
+
 def _env_int(name: str, default: int) -> int:
     raw = _env(name, default)
     try:
@@ -47,8 +52,11 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-workers", type=int, default=0, help="start N workers on this machine")
     p.add_argument("--local-worker-args", default="", help="extra flags for local workers, one string")
     p.add_argument("--no-shell", action="store_true", help="run as a service: log to stderr, stop on SIGTERM")
-    p.add_argument("--tls-dir", type=Path, help="cluster certificates (cloudq certs init)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without TLS")
+    p.add_argument("--tls-dir", type=Path, default=_env_path("tls_dir"),
+                   help="cluster certificates (cloudq certs init); default: made on first start "
+                        "in DATA_DIR/tls")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS: anyone who can reach the port is an operator")
     p.add_argument("--lease", type=float, default=defaults.LEASE_S, help="seconds a silent worker keeps its tasks")
     p.add_argument("--heartbeat", type=float, default=defaults.HEARTBEAT_S, help="seconds between worker heartbeats")
     p.add_argument("--strategy", choices=("pack", "spread"), default=defaults.PLACEMENT_STRATEGY)
@@ -92,7 +100,7 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-cores", type=float, help="cores to offer (default: all)")
     p.add_argument("--mem-gb", type=float, help="memory to offer (default: all)")
     p.add_argument("--work-dir", type=Path, default=None, help="where task directories live")
-    p.add_argument("--tls-dir", type=Path)
+    _client_tls_flags(p)
     p.add_argument("--allow-pull", action="store_true", help="pull missing container images")
     p.add_argument("--input-root", action="append", default=[], metavar="NAME=PATH",
                    help="a storage root tasks read as NAME:PATH (repeatable); a plain PATH is a "
@@ -123,6 +131,10 @@ def _certs_parser(sub: argparse._SubParsersAction) -> None:
     issue = certs.add_parser("issue", help="add a worker certificate to an existing CA")
     issue.add_argument("dir", type=Path)
     issue.add_argument("name")
+    revoke = certs.add_parser("revoke", help="revoke a worker's certificate: the master refuses "
+                                             "it at once and closes its connections")
+    revoke.add_argument("dir", type=Path)
+    revoke.add_argument("name")
 
 
 def _store_parser(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +149,7 @@ def _store_parser(sub: argparse._SubParsersAction) -> None:
 def _ctl_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctl", help="run one operator command against a running master")
     p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
-    p.add_argument("--tls-dir", type=Path)
+    _client_tls_flags(p)
     p.add_argument("--json", action="store_true", help="print the data as JSON")
     p.add_argument("--timeout", type=float, default=defaults.SYNC_REQUEST_TIMEOUT_S,
                    help="seconds to wait for the master's answer")
@@ -147,9 +159,20 @@ def _ctl_parser(sub: argparse._SubParsersAction) -> None:
 def _shell_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shell", help="the master> shell, against a master running elsewhere")
     p.add_argument("--master", default=_env("master", f"127.0.0.1:{defaults.PORT}"), help="HOST:PORT")
-    p.add_argument("--tls-dir", type=Path)
+    _client_tls_flags(p)
     p.add_argument("--timeout", type=float, default=defaults.SYNC_REQUEST_TIMEOUT_S,
                    help="seconds to wait for the master's answer")
+
+
+def _client_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-dir", type=Path, default=_env_path("tls_dir"),
+                   help="the cluster's certificates (default: DATA_DIR/tls when readable, as a "
+                        "master started without --tls-dir makes it)")
+    p.add_argument("--insecure", action="store_true",
+                   help="connect without TLS, to a master started with --insecure")
+    p.add_argument("--data-dir", type=Path, default=Path(_env("data_dir", defaults.DATA_DIR)),
+                   help="the master's data directory on this machine: the default --tls-dir "
+                        "is its tls/ folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +223,50 @@ def _run(args: argparse.Namespace) -> int:
     return _ctl(args)
 
 
+def _client_tls(args: argparse.Namespace) -> Path | None:
+    """The certificates a client presents: --tls-dir, or none with --insecure, or those a
+    master on this machine made in its data directory, when they can be read (by the user who
+    started it); otherwise none, and a master using TLS will say it needs them."""
+    if args.insecure:
+        if args.tls_dir is not None:
+            raise CloudqError("--insecure connects without TLS: leave out --tls-dir (or CLOUDQ_TLS_DIR)")
+        return None
+    if args.tls_dir is not None:
+        return args.tls_dir
+    from cloudq.rpc import tls
+
+    found = tls.default_dir(args.data_dir)
+    return found if os.access(found / "ca.pem", os.R_OK) else None
+
+
+def _master_tls(args: argparse.Namespace) -> tuple[Path | None, bool]:
+    """The master's certificates, and whether its HTTP port uses them. By default they are
+    made in DATA_DIR/tls on the first start, and the HTTP port stays plain on loopback (a
+    browser or Prometheus there would not know this CA); off loopback, or with certificates
+    of the operator's own (--tls-dir), it is HTTPS."""
+    from cloudq.rpc import tls
+    from cloudq.rpc.server import is_loopback
+
+    if args.insecure:
+        if args.tls_dir is not None:
+            raise CloudqError("--insecure means no TLS: leave out --tls-dir (or CLOUDQ_TLS_DIR)")
+        return None, False
+    if args.tls_dir is not None:
+        return args.tls_dir, True
+    if args.store is not None:
+        raise CloudqError("masters sharing --store need one CA between them: give each the same "
+                          "--tls-dir (`cloudq certs init DIR`), or --insecure")
+    directory = tls.default_dir(args.data_dir)
+    hosts = ["localhost", "127.0.0.1", "::1"]
+    if args.bind not in ("0.0.0.0", "::", *hosts):
+        hosts.append(args.bind)
+    if tls.ensure_cluster(directory, hosts):
+        print(f"cloudq: made the cluster's CA and certificates in {directory} (TLS on every "
+              f"connection; add a worker's with `cloudq certs issue {directory} NAME`)",
+              file=sys.stderr, flush=True)
+    return directory, not is_loopback(args.bind)
+
+
 def _store(args: argparse.Namespace) -> int:
     from cloudq.store.migrate import migrate
 
@@ -243,10 +310,11 @@ def _master(args: argparse.Namespace) -> int:
     if args.max_connections <= defaults.ADMIN_RESERVED_CONNECTIONS:
         raise CloudqError(f"--max-connections must be over the {defaults.ADMIN_RESERVED_CONNECTIONS} "
                           f"connections kept for operators")
+    tls_dir, http_tls = _master_tls(args)
     return run_master(MasterOptions(
         bind=args.bind, port=args.port, data_dir=args.data_dir, config=config,
         metrics_port=args.metrics_port, local_workers=args.local_workers, shell=not args.no_shell,
-        tls_dir=args.tls_dir, insecure=args.insecure, max_connections=args.max_connections,
+        tls_dir=tls_dir, http_tls=http_tls, insecure=args.insecure, max_connections=args.max_connections,
         max_connections_per_peer=args.max_connections_per_peer, idle_timeout_s=args.idle_timeout,
         worker_args=tuple(shlex.split(args.local_worker_args)),
         audit_log=args.audit_log, audit_log_max_mb=args.audit_log_max_mb,
@@ -291,14 +359,27 @@ def _worker(args: argparse.Namespace) -> int:
         raise CloudqError("--metrics-port must be a port number, 1 to 65535 (0: off)")
     input_roots, roots = parse_root_flags(args.input_root, args.output_root)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "cloudq-work" / name
+    tls_dir = _client_tls(args)
+    if tls_dir is not None:
+        _worker_certificate(tls_dir, name)
     return run_worker(WorkerOptions(
         master=args.master, name=name, max_tasks=args.max_tasks, labels=parse_labels(args.labels or None),
-        cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=args.tls_dir,
+        cpu_cores=args.cpu_cores, mem_gb=args.mem_gb, work_dir=work_dir, tls_dir=tls_dir,
         allow_pull=args.allow_pull, input_roots=tuple(input_roots), roots=roots,
         container_mem_default_gb=args.container_mem_default, exec_user=args.exec_user,
         exec_uid_base=args.exec_uid_base, metrics_port=args.metrics_port,
         metrics_bind=args.metrics_bind,
     ))
+
+
+def _worker_certificate(tls_dir: Path, name: str) -> None:
+    """A worker whose --tls-dir holds the CA's key (on the master's machine, using the
+    master's own directory) gets a certificate issued in its name when it has none; elsewhere
+    the operator issues it (`cloudq certs issue`) and copies it over."""
+    from cloudq.rpc import tls
+
+    if tls.ensure_worker(tls_dir, name):
+        print(f"cloudq: issued a worker certificate for {name!r} in {tls_dir}", file=sys.stderr, flush=True)
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -308,6 +389,13 @@ def _certs(args: argparse.Namespace) -> int:
         workers = [w for w in args.workers.split(",") if w]
         hosts = [h for h in args.hosts.split(",") if h] or ["localhost", "127.0.0.1"]
         written = tls.init_cluster(args.dir, workers, hosts)
+    elif args.certs_command == "revoke":
+        from cloudq.rpc.revocation import CRL_FILE, revoke
+
+        serial = revoke(args.dir, args.name)
+        print(f"revoked {args.name!r} (serial {serial:x}) in {args.dir / CRL_FILE}; a master using "
+              f"{args.dir} refuses it from now on and closes its connections")
+        return 0
     else:
         written = tls.issue_worker(args.dir, args.name)
     for path in written:
@@ -324,7 +412,7 @@ def _shell(args: argparse.Namespace) -> int:
     if not sys.stdin.isatty():
         raise CloudqError("the shell needs a terminal; from a script, use `cloudq ctl`")
     try:
-        link = RemoteLink(args.master, args.tls_dir, args.timeout)
+        link = RemoteLink(args.master, _client_tls(args), args.timeout)
     except ConnectionError as err:
         raise CloudqError(f"cannot reach the master at {args.master}: {err}") from None
     try:
@@ -342,4 +430,4 @@ def _ctl(args: argparse.Namespace) -> int:
         raise CloudqError("ctl needs a command, e.g. `cloudq ctl status`")
     if not args.timeout > 0:
         raise CloudqError("--timeout must be a number of seconds above 0")
-    return run_ctl(args.master, args.tls_dir, words, args.json or "--json" in args.words, args.timeout)
+    return run_ctl(args.master, _client_tls(args), words, args.json or "--json" in args.words, args.timeout)

@@ -41,3 +41,13 @@ def postgres() -> Iterator[PostgresServer]:
     (`postgres.new_database()`)."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Clients (ctl, shell, workers) look for the certificates of a master on this machine in
+    the default data directory; in tests it is an empty one, never the checkout's `data/`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLOUDQ_DATA_DIR", str(tmp_path_factory.mktemp("default-data")))
+        patch.delenv("CLOUDQ_TLS_DIR", raising=False)
+        yield

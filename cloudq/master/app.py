@@ -44,6 +44,7 @@ class MasterOptions:
     local_workers: int = 0
     shell: bool = True
     tls_dir: Path | None = None
+    http_tls: bool = False  # the HTTP port is HTTPS, with the master's certificate
     insecure: bool = False
     max_connections: int = defaults.MAX_CONNECTIONS
     max_connections_per_peer: int = defaults.MAX_CONNECTIONS_PER_PEER
@@ -125,11 +126,18 @@ class MasterProcess:
         term = self.term
         if self.options.store_url is None:
             assert term is not None
-            return f"{len(term.master.tasks)} tasks loaded from {self.options.data_dir}"
+            return f"{len(term.master.tasks)} tasks loaded from {self.options.data_dir}; {self._security()}"
         store = _redacted(self.options.store_url)
         if term is None:
-            return f"standby, the leader is {self.seat.leader or '(being elected)'}; store {store}"
-        return f"leader, epoch {term.epoch}, {len(term.master.tasks)} tasks loaded from {store}"
+            return (f"standby, the leader is {self.seat.leader or '(being elected)'}; store {store}; "
+                    f"{self._security()}")
+        return (f"leader, epoch {term.epoch}, {len(term.master.tasks)} tasks loaded from {store}; "
+                f"{self._security()}")
+
+    def _security(self) -> str:
+        if self.options.tls_dir is None:
+            return "no TLS (--insecure): anyone who can reach the port is an operator"
+        return f"TLS, certificates in {self.options.tls_dir}"
 
     def _campaign(self, url: str) -> None:
         """Standby, then leader once elected: waits (a little) for the first election, so a
@@ -181,7 +189,7 @@ class MasterProcess:
         if self._http_app is None:
             self._http_app = (self._leader_http(self.term) if self.term is not None
                               else self._standby_http())
-        context = http_context(options.tls_dir) if options.tls_dir else None
+        context = http_context(options.tls_dir) if options.tls_dir and options.http_tls else None
         return serve_http(lambda environ, start: self._http_app(environ, start), options.bind,
                           options.metrics_port, ssl_context=context)
 
@@ -220,7 +228,12 @@ class MasterProcess:
             argv += ["--work-dir", str(self.options.data_dir.resolve() / "work" / f"worker-{index}")]
         argv += self.options.worker_args
         if self.options.tls_dir:
+            from cloudq.rpc.tls import ensure_worker
+
+            ensure_worker(self.options.tls_dir, f"worker-{index}")
             argv += ["--tls-dir", str(self.options.tls_dir)]
+        else:
+            argv += ["--insecure"]
         log_path = self.options.data_dir / f"worker-{index}.log"
         with open(log_path, "ab") as out:
             # A session of their own: Ctrl-C at the master's terminal is not theirs to get. But

@@ -169,7 +169,8 @@ class MasterClient:
             if _refused_certificate(err):
                 raise self._refused(err) from None
             if _not_tls(err) and _speaks_plain(self.host, self.port):
-                raise AuthError(f"the master at {self.address} does not use TLS: leave out --tls-dir") from None
+                raise AuthError(f"the master at {self.address} does not use TLS (it was started with "
+                                "--insecure): connect with --insecure, without --tls-dir") from None
             raise AuthError(f"TLS with {self.address} failed: {err}") from None
 
     def _set_up_failed(self, err: BaseException) -> CloudqError | ConnectionError:
@@ -183,8 +184,9 @@ class MasterClient:
             return self._refused(err)
         # Before FrameTooLarge: a TLS alert record read as a frame header is a huge length.
         if self.tls_dir is None and _speaks_tls(self.host, self.port):
-            return AuthError(f"the master at {self.address} requires TLS: give --tls-dir "
-                             "(a directory with ca.pem, admin.pem and admin.key)")
+            return AuthError(f"the master at {self.address} requires TLS: give --tls-dir, a directory "
+                             "with ca.pem, admin.pem and admin.key (a master started without "
+                             "--tls-dir made them in DATA_DIR/tls, readable by its own user only)")
         if isinstance(err, FrameTooLarge):
             return _too_large(self.address)
         return CloudqError(f"the master at {self.address} closed the connection: {err}")

@@ -10,6 +10,8 @@
 - Frames are bounded (protocol.BoundedChannel), smaller for workers' certificates, and what
   they inflate to is drawn from one budget for the whole process.
 - The listener survives accept() errors (a descriptor flood): it logs, pauses and goes on.
+- A revoked certificate (revocation.py) is refused at its handshake, and the connections it
+  holds are closed as soon as the list changes (checked every REVOCATION_CHECK_S).
 - Every refusal is counted by reason (Rejections), for the metrics endpoint.
 """
 
@@ -34,7 +36,7 @@ from rpyc.utils.authenticators import AuthenticationError
 from rpyc.utils.server import ThreadedServer
 
 from cloudq import defaults
-from cloudq.errors import CloudqError, LimitError
+from cloudq.errors import AuthError, CloudqError, LimitError
 from cloudq.rpc import tls
 from cloudq.rpc.protocol import (
     INFLATE_BUDGET,
@@ -45,6 +47,7 @@ from cloudq.rpc.protocol import (
     InflateBudgetSpent,
     failure,
 )
+from cloudq.rpc.revocation import Revocations
 
 log = logging.getLogger("cloudq.rpc")
 log.setLevel(logging.WARNING)  # rpyc logs every accept at INFO: too chatty for operators
@@ -55,14 +58,17 @@ TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
                            errno.EAGAIN}
 ACCEPT_PAUSE_S = 0.1  # after a failed accept(): time for descriptors to come back
 REFUSAL_LINGER_S = 2.0  # a refused peer has this long to make the call that tells it why
+REVOCATION_CHECK_S = 1.0  # how often the listener looks for a changed revocation list
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is on the other end. `name` is None for trusted (non-TLS) peers."""
+    """Who is on the other end. `name` is None for trusted (non-TLS) peers; `serial` is the
+    certificate's serial number, which revocation goes by."""
 
     name: str | None
     trusted: bool = False
+    serial: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -79,6 +85,7 @@ REJECTION_REASONS = (
     "overflow",  # sockets beyond twice the total, closed before any handshake
     "tls_handshake",  # the TLS handshake failed or timed out
     "certificate",  # a certificate whose name may not connect as a client
+    "revoked",  # a certificate on the cluster's revocation list
     "frame_too_large",  # a frame, or what it inflates to, over the limit
     "inflate_budget",  # no room in the process's inflate budget in time
 )
@@ -140,10 +147,10 @@ class ConnectionSlots:
 
 
 class Refusal(rpyc.Service):
-    """Serves a peer that is over a limit: every call answers with the reason."""
+    """Serves a peer that may not stay (over a limit, revoked): every call answers why."""
 
-    def __init__(self, reason: str) -> None:
-        self.reply = failure(LimitError(reason))
+    def __init__(self, reason: CloudqError) -> None:
+        self.reply = failure(reason)
 
     def _rpyc_getattr(self, name: str) -> Any:
         return lambda *args: self.reply
@@ -168,18 +175,23 @@ class Authenticator:
             wrapped.close()
             self.rejections.add("certificate")
             raise AuthenticationError(f"certificate name {name!r} may not connect as a client")
-        return wrapped, Identity(name)
+        return wrapped, Identity(name, serial=tls.peer_serial(wrapped.getpeercert(binary_form=True)))
 
 
 class BoundedServer(ThreadedServer):
     def __init__(self, *args: Any, slots: ConnectionSlots | None = None,
-                 idle_timeout_s: float = defaults.IDLE_TIMEOUT_S, **kwargs: Any):
+                 idle_timeout_s: float = defaults.IDLE_TIMEOUT_S,
+                 revocations: Revocations | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.slots = slots or ConnectionSlots()
         self.rejections = self.slots.rejections  # the server counts its own refusals there too
         self.idle_timeout_s = idle_timeout_s
+        self.revocations = revocations
         self.accept_errors = 0  # figures for status and tests
         self._last_accept_warning = 0.0
+        self._live: dict[BoundedChannel, Identity] = {}  # served connections, for revocation
+        self._live_lock = threading.Lock()
+        self._next_revocation_check = 0.0
 
     def start(self) -> None:
         """Serves until close(). Unlike rpyc's, an error never ends the loop: a listener that
@@ -187,12 +199,29 @@ class BoundedServer(ThreadedServer):
         self._listen()
         while self.active:
             try:
-                self.accept()
+                self.accept()  # returns at least every listener_timeout
+                if time.monotonic() >= self._next_revocation_check:
+                    self._next_revocation_check = time.monotonic() + REVOCATION_CHECK_S
+                    self.check_revocations()
             except Exception:  # noqa: BLE001 - keep listening whatever one connection did
                 if self.active:
                     log.exception("accepting a connection failed; listening on")
                     time.sleep(ACCEPT_PAUSE_S)
         self.close()
+
+    def check_revocations(self) -> None:
+        """Reads a changed revocation list and closes the connections of revoked certificates."""
+        if self.revocations is None or not self.revocations.refresh():
+            return
+        with self._live_lock:
+            revoked = [(channel, identity) for channel, identity in self._live.items()
+                       if identity.serial in self.revocations]
+        for channel, identity in revoked:
+            log.warning("closing a connection of %s: its certificate was revoked", identity.name)
+            # The socket's own shutdown, not SSLSocket's: it wakes the thread serving the
+            # connection, which then ends it as a peer that left.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(channel.stream.sock, socket.SHUT_RDWR)
 
     def accept(self) -> None:
         try:
@@ -236,7 +265,12 @@ class BoundedServer(ThreadedServer):
 
     def _serve_client(self, sock: Any, credentials: Any) -> None:
         identity = credentials if isinstance(credentials, Identity) else Identity(None)
-        refusal = self.slots.take(identity)
+        refusal = self._revoked(identity)
+        if refusal is None:
+            limit = self.slots.take(identity)
+            refusal = LimitError(limit) if limit is not None else None
+        holds_slot = refusal is None
+        channel: BoundedChannel | None = None
         try:
             channel = BoundedChannel(SocketStream(sock))
             channel.budget = INFLATE_BUDGET
@@ -244,6 +278,11 @@ class BoundedServer(ThreadedServer):
                 channel.max_frame = PEER_MAX_FRAME_BYTES
             config = dict(self.protocol_config, credentials=identity,
                           endpoints=(sock.getsockname(), sock.getpeername()), logger=self.logger)
+            if refusal is None:
+                with self._live_lock:
+                    self._live[channel] = identity
+                # Again, now that it is listed: a list read in between would have missed it.
+                refusal = self._revoked(identity)
             if refusal is not None:
                 log.warning("refusing %s: %s", identity.name or "a peer", refusal)
                 conn = Refusal(refusal)._connect(channel, config)
@@ -252,8 +291,21 @@ class BoundedServer(ThreadedServer):
             conn = self.service._connect(channel, config)
             self._serve(conn, channel, self.idle_timeout_s)
         finally:
-            if refusal is None:
+            if holds_slot:
                 self.slots.give(identity)
+            with self._live_lock:
+                self._live.pop(channel, None)
+
+    def _revoked(self, identity: Identity) -> AuthError | None:
+        """Why `identity` may not connect, if its certificate is revoked."""
+        if self.revocations is None:
+            return None
+        self.check_revocations()  # a list changed a moment ago counts for this handshake
+        if identity.serial not in self.revocations:
+            return None
+        self.rejections.add("revoked")
+        return AuthError(f"the certificate of {identity.name!r} (serial {identity.serial:x}) is "
+                         "revoked; issue a new one with `cloudq certs issue`")
 
     def _serve(self, conn: rpyc.Connection, channel: BoundedChannel, idle_s: float,
                deadline: float | None = None) -> None:
@@ -307,7 +359,7 @@ def start_server(
     server = BoundedServer(
         service, hostname=host, port=port, authenticator=Authenticator(context, slots.rejections),
         protocol_config=dict(PROTOCOL_CONFIG), listener_timeout=0.5, logger=log, slots=slots,
-        idle_timeout_s=idle_timeout_s,
+        idle_timeout_s=idle_timeout_s, revocations=Revocations(tls_dir) if tls_dir else None,
     )
     server._listen()  # listening before we return, so the port is known and close() is safe
     thread = threading.Thread(target=server.start, name="rpc-server", daemon=True)

@@ -9,6 +9,11 @@
 
 Both sides verify: the master requires a client certificate from the CA, and clients verify the
 master's certificate *and* its name (rpyc.ssl_connect would skip the name check).
+
+A master started without --tls-dir (and without --insecure) makes such a directory itself, in
+its data directory, the first time (`ensure_cluster`): TLS even on loopback, so another user
+of the machine, who cannot read those files, cannot connect. `cloudq ctl`, `cloudq shell` and
+workers on the same machine find it there (`default_dir`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloudq import defaults
 from cloudq.core.model import check_name
 from cloudq.errors import AuthError, CloudqError
 
@@ -59,6 +65,35 @@ def init_cluster(directory: Path, workers: list[str], hosts: list[str]) -> list[
 
 
 RESERVED_FILES = {"ca", "master", "admin"}
+
+
+def default_dir(data_dir: Path | None = None) -> Path:
+    """Where a master started without --tls-dir keeps its certificates: DATA_DIR/tls, the data
+    directory being CLOUDQ_DATA_DIR's or the default's when not given."""
+    return (data_dir or Path(os.environ.get("CLOUDQ_DATA_DIR") or defaults.DATA_DIR)) / "tls"
+
+
+def ensure_cluster(directory: Path, hosts: list[str]) -> bool:
+    """Makes the CA and the master's and operators' certificates in `directory` unless they
+    are there; True when made. The directory is its owner's alone (0700), as are the keys."""
+    if (directory / "ca.pem").is_file():
+        for stem, name in (("master", MASTER_NAME), ("admin", ADMIN_NAME)):
+            if not (directory / f"{stem}.pem").is_file():  # half made, or someone removed it
+                issue(directory, name, file_stem=stem, extra_names=hosts if stem == "master" else [])
+        return False
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    init_cluster(directory, [], hosts)
+    return True
+
+
+def ensure_worker(directory: Path, name: str) -> bool:
+    """A worker certificate for `name` in `directory`, issued when missing and the CA's key is
+    at hand (a worker on the master's machine); True when issued."""
+    if (directory / f"{name}.pem").is_file() or not os.access(directory / "ca.key", os.R_OK):
+        return False
+    issue_worker(directory, name)
+    return True
 
 
 def issue_worker(directory: Path, name: str) -> list[Path]:
@@ -120,8 +155,14 @@ def _write_pair(directory: Path, stem: str, cert: x509.Certificate, key: ec.Elli
 def _files(directory: Path, stem: str) -> tuple[Path, Path, Path]:
     ca, cert, key = directory / "ca.pem", directory / f"{stem}.pem", directory / f"{stem}.key"
     for path in (ca, cert, key):
-        if not path.is_file():
-            raise AuthError(f"TLS file {path} is missing; make it with `cloudq certs init {directory}`")
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            raise AuthError(f"cannot read TLS file {path}: permission denied (a cluster's "
+                            "certificates are readable by the user who made them only)") from None
+        except OSError:
+            raise AuthError(f"TLS file {path} is missing; make it with `cloudq certs init {directory}`") from None
     return ca, cert, key
 
 
@@ -164,3 +205,8 @@ def peer_name(cert: dict | None) -> str | None:
             if key == "commonName":
                 return value
     return None
+
+
+def peer_serial(der: bytes | None) -> int | None:
+    """The serial number of a verified peer certificate (SSLSocket.getpeercert(True))."""
+    return x509.load_der_x509_certificate(der).serial_number if der else None

@@ -103,12 +103,18 @@ class Proc:
             raise
 
 
+def _plain_unless_tls(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """Test processes talk plain RPC (--insecure) unless a test gives them certificates: most
+    tests are about something else, and the default TLS has tests of its own."""
+    return flags if "--tls-dir" in flags or "--insecure" in flags else (*flags, "--insecure")
+
+
 class MasterProc(Proc):
     def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None,
                  prefix: tuple[str, ...] = ()):
         """`prefix` runs the master under another command, e.g. ("prlimit", "--nofile=256")."""
         argv = [*prefix, sys.executable, "-m", "cloudq", "master", "--no-shell", "--port", str(port),
-                "--data-dir", str(data_dir), *extra]
+                "--data-dir", str(data_dir), *_plain_unless_tls(extra)]
         super().__init__(argv, env)
         match = self.wait_for_line(_LISTENING, timeout=30)
         self.host, self.port = match.group(1), int(match.group(2))
@@ -168,6 +174,6 @@ class WorkerProc(Proc):
         that ends by exec-ing it, so signals reach the worker itself, e.g. ("ip", "netns",
         "exec", NAME)."""
         argv = [*prefix, sys.executable, "-m", module, "worker", "--master", master, "--name", name,
-                "--work-dir", str(work_dir / name), *extra]
+                "--work-dir", str(work_dir / name), *_plain_unless_tls(extra)]
         super().__init__(argv, env)
         self.name = name

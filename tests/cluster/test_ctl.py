@@ -168,7 +168,7 @@ def test_ctl_names_tls_mistakes(cluster, tmp_path):
          "refused our certificate (" + str(mixed / "admin.pem") + "): not from this cluster's CA (or expired)"),
         (master.address, ("--tls-dir", str(expired)), "admin.pem expired on"),
         (master.address, ("--tls-dir", str(other)), "is not the cluster's master"),
-        (plain.address, ("--tls-dir", str(certs)), "does not use TLS: leave out --tls-dir"),
+        (plain.address, ("--tls-dir", str(certs)), "does not use TLS (it was started with --insecure): connect with --insecure"),
     ]
     for address, flags, message in cases:
         done = subprocess.run([sys.executable, "-m", "cloudq", "ctl", "--master", address, *flags, "status"],

@@ -33,6 +33,7 @@ class Master:
 
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.http_port = free_port()
+        self.data_dir = tmp / "data"
         self.proc = Proc([str(ROOT / "runMaster.sh"), "--no-shell", "--port", "0",
                           "--data-dir", str(tmp / "data"), "--metrics-port", str(self.http_port),
                           "--local-workers", "1", "--local-worker-args",
@@ -42,7 +43,8 @@ class Master:
 
     def ctl(self, *words: str, tls_dir: Path | None = None) -> dict:
         argv = [CLI, "ctl", "--master", self.address, "--json"]
-        argv += ["--tls-dir", str(tls_dir)] if tls_dir else []
+        # Without a --tls-dir of its own, ctl finds the master's in its data directory.
+        argv += ["--tls-dir", str(tls_dir)] if tls_dir else ["--data-dir", str(self.data_dir)]
         done = Proc([*argv, *words])
         assert done.proc.wait(timeout=60) == 0, done.output()
         return json.loads("\n".join(done.lines))

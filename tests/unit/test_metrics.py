@@ -263,7 +263,7 @@ def test_rpc_refusals_are_counted_by_reason() -> None:
     slots.rejections.add("frame_too_large")
     samples = scrape(registry)
     assert series(samples, "cloudq_rpc_rejected_total", "reason") == {
-        "connection_limit": 0, "peer_limit": 1, "overflow": 0, "tls_handshake": 0, "certificate": 0,
+        "connection_limit": 0, "peer_limit": 1, "overflow": 0, "tls_handshake": 0, "certificate": 0, "revoked": 0,
         "frame_too_large": 1, "inflate_budget": 0}
 
 
