@@ -121,12 +121,16 @@ class Delivery(MasterState):
                                    f"new and stops its {len(record.ledger.bookings)} tasks", now)
             self._wakeups[name].notify_all()
 
-    def heartbeat(self, name: str, sample: Any) -> None:
-        sample = parse_sample(sample)
+    def heartbeat(self, name: str, sample: Any, session: int | None = None) -> None:
+        """A worker's live sample. Given its `session`, only that session's: a process of an
+        older one (replaced since) is refused and registers again, rather than keep the
+        worker's lease and show its own samples. With no sample, only that check."""
+        sample = None if sample is None else parse_sample(sample)
         with self._lock:
-            record = self._connected(name)
-            record.last_seen = self.clock()
-            record.sample = sample
+            record = self._connected(name, session)
+            if sample is not None:
+                record.last_seen = self.clock()
+                record.sample = sample
 
     def fetch(
         self, name: str, session: int, wait_s: float, reports: list[Any] = (),

@@ -135,8 +135,7 @@ class MasterService(rpyc.Service):
         sample = payload.get("sample")
         if reports:  # one operation for both
             return {"refused": self.master.report(name, session, reports, sample)}
-        if sample is not None:
-            self.master.heartbeat(name, sample)
+        self.master.heartbeat(name, sample, session)  # its session checked, as for any report
         return {"refused": []}
 
     @endpoint

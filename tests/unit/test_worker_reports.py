@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cloudq.core.model import TaskState
-from cloudq.errors import LimitError, ValidationError
+from cloudq.errors import LimitError, NotFoundError, ValidationError
 from cloudq.master.core import Master, MasterConfig
 from cloudq.master.reports import parse_report
 from tests.unit.test_master_core import Clock, noop, worker
@@ -118,6 +118,21 @@ def test_worker_facts_and_samples_are_bounded(master):
     assert len(view["facts"]["tools"]["encoders"]) == 64
     with pytest.raises(ValidationError):
         master.heartbeat("w", "not an object")
+
+
+def test_a_heartbeat_from_an_older_session_is_refused(master, clock):
+    """A worker process replaced by a newer one (same name, same certificate) cannot keep the
+    worker heard, nor show its own samples: it is told its session is stale, and registers
+    again like after any other refused call."""
+    old = worker(master, "w")
+    new = worker(master, "w")
+    master.heartbeat("w", {"cpu_percent": 1.0}, new)
+    clock.now += 5
+    for sample in ({"cpu_percent": 99.0}, None):
+        with pytest.raises(NotFoundError, match=f"session {old} is stale"):
+            master.heartbeat("w", sample, old)
+    record = master.workers["w"]
+    assert record.sample == {"cpu_percent": 1.0} and record.last_seen == 1000.0
 
 
 def test_offline_workers_are_forgotten_and_the_total_is_capped(master, clock):
