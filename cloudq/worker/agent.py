@@ -43,7 +43,9 @@ __all__ = [
 
 log = logging.getLogger("cloudq.worker")
 
-LEASE_SAFETY = 0.8  # a cut-off worker stops its tasks at this fraction of the lease
+LEASE_SAFETY = 0.8  # a cut-off worker stops its tasks (SIGTERM) at this fraction of the lease
+LEASE_KILL = 0.9  # ...and kills those still running at this one, cutting their grace short
+WATCHDOG_TICK_S = 0.05  # how often the watchdog looks: late by at most this
 
 
 class WorkerAgent(MasterConnection, TaskRunner):
@@ -121,18 +123,23 @@ class WorkerAgent(MasterConnection, TaskRunner):
                 conn.call("leave", {"name": self.name, "session": self._session})
 
     def _watchdog(self) -> None:
-        """Kills running tasks once the master has been unreachable for most of the lease.
+        """Ends running tasks once the master has not heard from us for most of the lease.
 
-        The master requeues a silent worker's tasks when its lease runs out; stopping ours a
-        little before that keeps two attempts of one task from ever running at the same time.
+        The master requeues a silent worker's tasks when its lease runs out; ours must be gone
+        by then, so that two attempts of one task never run at the same time. At LEASE_SAFETY
+        of the lease they are asked to stop (SIGTERM and the usual grace); at LEASE_KILL what
+        is left is killed at once: a task that ignores SIGTERM would otherwise outlive the
+        lease by up to the whole grace (runners/process.py, KILL_GRACE_S).
         """
-        while not self.stopping.wait(0.2):
+        while not self.stopping.wait(WATCHDOG_TICK_S):
             silent = time.monotonic() - self._last_contact
-            if silent > LEASE_SAFETY * self._lease_s and self.running:
-                log.warning("master unreachable for %.1fs of a %.1fs lease: stopping %d task(s)",
-                            silent, self._lease_s, len(self.running))
-                self._cancel_all()
-
+            if silent <= LEASE_SAFETY * self._lease_s:
+                continue
+            kill = silent > LEASE_KILL * self._lease_s
+            told = self._end_all(kill)
+            if told:
+                log.warning("master unheard for %.1fs of a %.1fs lease: %s %d task(s)", silent,
+                            self._lease_s, "killing" if kill else "stopping", len(told))
 
     def _obey(self, instruction: dict[str, Any]) -> None:
         try:

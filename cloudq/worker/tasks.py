@@ -43,6 +43,7 @@ class Running:
     attempt: int
     cancel: threading.Event
     work_dir: Path
+    kill: threading.Event = field(default_factory=threading.Event)  # cancel without a grace
     future: Future[None] | None = None
     user: TaskUser | None = None  # who its processes run as; None: the worker itself
     slot: int | None = None  # with a uid per slot: the slot it holds
@@ -200,7 +201,8 @@ class TaskRunner:
         ctx = RunContext(
             task_id=entry.task_id, attempt=entry.attempt, kind=assignment["kind"],
             spec=assignment["spec"], resources=assignment["resources"], work_dir=entry.work_dir,
-            timeout_s=assignment.get("timeout_s"), cancel=entry.cancel, on_progress=progress,
+            timeout_s=assignment.get("timeout_s"), cancel=entry.cancel, kill=entry.kill,
+            on_progress=progress,
             gpu_indices=list(assignment.get("gpu_indices") or []),
             input_roots=list(self.options.input_roots), roots=dict(self.options.roots),
             allow_pull=self.options.allow_pull,
@@ -242,6 +244,20 @@ class TaskRunner:
         for entry in entries:
             entry.cancel.set()
         return entries
+
+    def _end_all(self, kill: bool) -> list[Running]:
+        """Cancels every running task, or with `kill` has it killed at once (no SIGTERM grace);
+        returns those not told so before."""
+        with self._lock:
+            entries = list(self.running.values())
+        told = []
+        for entry in entries:
+            event = entry.kill if kill else entry.cancel
+            if not event.is_set():
+                event.set()
+                entry.cancel.set()  # the runners watch cancel; kill says how
+                told.append(entry)
+        return told
 
     def _stop_tasks(self) -> None:
         """On shutdown: running tasks are cancelled and reported; the master retries them."""

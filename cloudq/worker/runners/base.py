@@ -93,6 +93,9 @@ class RunContext:
     work_dir: Path  # created by the caller, this task's alone
     timeout_s: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Set with cancel when the task must be gone at once: its process group is killed without
+    # the SIGTERM grace (the worker's lease is about to run out, process.terminate_group).
+    kill: threading.Event = field(default_factory=threading.Event)
     on_progress: Callable[[dict[str, Any]], None] = _ignore_progress
     gpu_indices: list[int] = field(default_factory=list)
     input_roots: list[Path] = field(default_factory=list)  # where ffmpeg inputs may come from

@@ -1,7 +1,8 @@
 """Run a local process as its own process group, and make sure all of it ends.
 
 The task's process leads a new session (so a new process group): cancel and timeout signal the
-whole group, SIGTERM first and SIGKILL after a short grace. When the leader exits, the group is
+whole group, SIGTERM first and SIGKILL after a short grace, or as soon as the context's kill
+event is set (a worker whose lease runs out cannot wait). When the leader exits, the group is
 SIGKILLed once more so that no background child outlives its task. The leader is not reaped
 until then (waitid with WNOWAIT), so its id, which is also the group id, cannot be reused by an
 unrelated process in between.
@@ -30,6 +31,7 @@ from cloudq.worker.runners.confine import TaskUser
 
 KILL_GRACE_S = 2.0  # SIGTERM to SIGKILL; cancel must end everything within 5 s
 POLL_S = 0.1  # how often cancel and the deadline are looked at while the task runs
+KILL_POLL_S = 0.02  # how often the kill event is looked at during the grace
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # exec tasks; FFmpeg when the worker has no PATH
 
 
@@ -76,12 +78,12 @@ def supervise(proc: subprocess.Popen[bytes], ctx: RunContext, started: float) ->
     deadline = ctx.deadline(started)
     stopped: RunStatus | None = None
     while not exited.wait(_slice(deadline)):
-        if ctx.cancel.is_set():
+        if ctx.cancel.is_set() or ctx.kill.is_set():
             stopped = RunStatus.CANCELLED
         elif deadline is not None and time.monotonic() >= deadline:
             stopped = RunStatus.TIMED_OUT
         if stopped is not None:
-            terminate_group(proc.pid, exited)
+            terminate_group(proc.pid, exited, ctx.kill)
             break
     _signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left behind
     code = _shell_code(proc.wait())
@@ -107,10 +109,17 @@ def describe_outcome(outcome: Outcome, timeout_s: float | None) -> str | None:
     return f"exited with code {code}"
 
 
-def terminate_group(pgid: int, exited: threading.Event) -> None:
-    """SIGTERM the group, give it KILL_GRACE_S to leave, then SIGKILL it."""
-    _signal_group(pgid, signal.SIGTERM)
-    if not exited.wait(KILL_GRACE_S):
+def terminate_group(pgid: int, exited: threading.Event, kill: threading.Event | None = None) -> None:
+    """SIGTERM the group, give it KILL_GRACE_S to leave, then SIGKILL it. Once `kill` is set
+    (before or during the grace) it is SIGKILLed at once."""
+    if kill is None or not kill.is_set():
+        _signal_group(pgid, signal.SIGTERM)
+        grace_ends = time.monotonic() + KILL_GRACE_S
+        while not (kill is not None and kill.is_set()):
+            left = grace_ends - time.monotonic()
+            if left <= 0 or exited.wait(min(left, KILL_POLL_S)):
+                break
+    if not exited.is_set():
         _signal_group(pgid, signal.SIGKILL)
         exited.wait(KILL_GRACE_S)
 
