@@ -109,7 +109,8 @@ def describe_outcome(outcome: Outcome, timeout_s: float | None) -> str | None:
     return f"exited with code {code}"
 
 
-def terminate_group(pgid: int, exited: threading.Event, kill: threading.Event | None = None) -> None:
+def terminate_group(pgid: int, exited: threading.Event,
+                    kill: threading.Event | None = None) -> None:
     """SIGTERM the group, give it KILL_GRACE_S to leave, then SIGKILL it. Once `kill` is set
     (before or during the grace) it is SIGKILLed at once."""
     if kill is None or not kill.is_set():
