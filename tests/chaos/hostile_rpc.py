@@ -505,9 +505,11 @@ CATEGORIES: dict[str, tuple[float, Callable[[random.Random, Targets], Call]]] = 
 }
 
 
-def hostile_calls(rng: random.Random, targets: Targets, count: int) -> Iterator[Call]:
-    """`count` calls, drawn by category weight; the same seed gives the same calls."""
-    names = list(CATEGORIES)
+def hostile_calls(rng: random.Random, targets: Targets, count: int,
+                  categories: tuple[str, ...] = tuple(CATEGORIES)) -> Iterator[Call]:
+    """`count` calls, drawn by category weight from `categories`; the same seed gives the
+    same calls."""
+    names = list(categories)
     weights = [CATEGORIES[name][0] for name in names]
     for _ in range(count):
         category = rng.choices(names, weights)[0]
@@ -570,6 +572,7 @@ class Tally:
 
     by_category: dict[str, Counter[str]] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)  # failure kind -> a few calls
+    seconds: Counter[str] = field(default_factory=Counter)  # by category: sending and the answer
 
     def add(self, category: str, outcome: str) -> None:
         self.by_category.setdefault(category, Counter())[outcome] += 1
@@ -617,13 +620,15 @@ def classify(call: Call, reply: Any) -> tuple[str, str]:
 
 
 def attack(address: str, certs: Path, targets: Targets, calls: int, seed: int,
+           categories: tuple[str, ...] = tuple(CATEGORIES),
            connected: Callable[[], None] = lambda: None) -> dict[str, Any]:
     rng = random.Random(seed)
     attacker = Attacker(address, certs, targets.me)
     connected()
     tally = Tally()
     started = time.perf_counter()
-    for call in hostile_calls(rng, targets, calls):
+    for call in hostile_calls(rng, targets, calls, categories):
+        sent = time.perf_counter()
         try:
             outcome, detail = classify(call, attacker.send(call))
         except TimeoutError:
@@ -641,11 +646,13 @@ def attack(address: str, certs: Path, targets: Targets, calls: int, seed: int,
             tally.fail(outcome, call, detail)
         else:
             tally.add(call.category, outcome)
+        tally.seconds[call.category] += time.perf_counter() - sent
     seconds = time.perf_counter() - started
     if attacker.client is not None:
         attacker.client.close()
     return {"seconds": seconds, "reconnects": attacker.reconnects, "touched": Spy.touched,
-            "by_category": {k: dict(v) for k, v in tally.by_category.items()}, "examples": tally.examples}
+            "by_category": {k: dict(v) for k, v in tally.by_category.items()}, "examples": tally.examples,
+            "seconds_by_category": dict(tally.seconds)}
 
 
 # ------------------------------------------------------------------------------ the harness
@@ -655,6 +662,7 @@ class HostileCalls:
     seed: int
     seconds: float = 0.0  # the attack, first call to last answer
     by_category: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds_by_category: dict[str, float] = field(default_factory=dict)  # waiting for the answers
     examples: dict[str, list[str]] = field(default_factory=dict)
     crashes: int = 0
     state_changes: list[str] = field(default_factory=list)  # paths in the views that changed
@@ -689,7 +697,8 @@ class HostileCalls:
                  f"refused {self.outcome('refused')}, answered harmlessly {self.outcome('answered')}, "
                  f"connection closed by the master {self.outcome('dropped')} (redialled {self.reconnects} times)"]
         for category, counts in sorted(self.by_category.items()):
-            lines.append(f"  {category:18} {sum(counts.values()):6} calls: "
+            lines.append(f"  {category:18} {sum(counts.values()):6} calls in "
+                         f"{self.seconds_by_category.get(category, 0):5.1f} s: "
                          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         base, attack = self.rtt_baseline_ms, self.rtt_attack_ms
         lines.append(f"good worker's heartbeat round trip: baseline p50 {percentile(base, 0.5):.2f} ms, "
@@ -708,7 +717,9 @@ class HostileCalls:
         return "\n".join(lines)
 
 
-def run_hostile_calls(tmp: Path, *, calls: int = 10_000, seed: int = 2026, baseline_s: float = 3.0) -> HostileCalls:
+def run_hostile_calls(tmp: Path, *, calls: int = 10_000, seed: int = 2026, baseline_s: float = 3.0,
+                      categories: tuple[str, ...] = tuple(CATEGORIES)) -> HostileCalls:
+    """The check at any size; `categories`: only those (all by default)."""
     result = HostileCalls(calls, seed)
     with tls_cluster(tmp, [ATTACKER], worker=GOOD) as cluster, cluster.client() as cq:
         targets = _prepare(cluster, cq)
@@ -720,7 +731,7 @@ def run_hostile_calls(tmp: Path, *, calls: int = 10_000, seed: int = 2026, basel
             result.rtt_baseline_ms = probe.take()
             result.view_noise = diff(before, before := cluster_view(cq))
             rejected = cluster.rejections()
-            _attack_from_another_process(cluster, targets, calls, seed, result, probe)
+            _attack_from_another_process(cluster, targets, calls, seed, categories, result, probe)
         finally:
             probe.stop()
         result.probe_errors = probe.errors
@@ -753,12 +764,14 @@ def _prepare(cluster: TlsCluster, cq: Client) -> Targets:
 
 
 def _attack_from_another_process(cluster: TlsCluster, targets: Targets, calls: int, seed: int,
-                                 result: HostileCalls, probe: HeartbeatProbe) -> None:
+                                 categories: tuple[str, ...], result: HostileCalls,
+                                 probe: HeartbeatProbe) -> None:
     """The attacker runs in a process of its own, so that the probe's timings are not spent
     waiting for this interpreter's lock."""
     config = cluster.certs.parent / "attack.json"
     config.write_text(json.dumps({"address": cluster.master.address, "certs": str(cluster.certs),
-                                  "targets": targets.__dict__, "calls": calls, "seed": seed}))
+                                  "targets": targets.__dict__, "calls": calls, "seed": seed,
+                                  "categories": list(categories)}))
     attacker = python_child("tests.chaos.hostile_rpc", "attack", str(config))
     try:
         attacker.wait_for_line(_STARTED, timeout=60)
@@ -773,6 +786,7 @@ def _attack_from_another_process(cluster: TlsCluster, targets: Targets, calls: i
     found = json.loads(summary.removeprefix("RESULT "))
     result.seconds, result.reconnects, result.touched = found["seconds"], found["reconnects"], found["touched"]
     result.by_category, result.examples = found["by_category"], found["examples"]
+    result.seconds_by_category = found["seconds_by_category"]
 
 
 _STARTED = re.compile(r"^ATTACKING")  # the attacker is connected and starts its calls
@@ -887,7 +901,8 @@ def main(argv: list[str]) -> int:
         return 2
     config = json.loads(Path(argv[1]).read_text())
     found = attack(config["address"], Path(config["certs"]), Targets(**config["targets"]),
-                   config["calls"], config["seed"], lambda: print("ATTACKING", flush=True))
+                   config["calls"], config["seed"], tuple(config["categories"]),
+                   lambda: print("ATTACKING", flush=True))
     print("RESULT " + json.dumps(found), flush=True)
     return 0
 
