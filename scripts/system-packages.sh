@@ -13,6 +13,7 @@ command -v less >/dev/null || need+=(less)  # the shell's pager, driven by the t
 command -v prlimit >/dev/null || need+=(util-linux)  # descriptor-limit attack tests
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)  # partitions between network namespaces
 command -v openssl >/dev/null || need+=(openssl)
 command -v chromium >/dev/null || need+=(chromium)  # the status page, in a real browser
 command -v chromedriver >/dev/null || need+=(chromium-driver)

@@ -1,6 +1,6 @@
 """Network partitions in CI, the short versions of tests/chaos/partition.py (its full run:
 `run_partitions` with 20 long trials): each prints its figures (pytest -s) and fails on any
-broken promise (docs/reliability.md). Needs root, `ip` and `iptables` (network namespaces)."""
+broken promise (docs/reliability.md). Needs root, `ip` and `iptables` (network namespaces); scripts/system-packages.sh installs them."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ from tests.chaos.netns import check_silent_drop, linked_namespaces
 from tests.chaos.partition import LEASE_S, run_partitions
 
 
-def _can_make_namespaces() -> bool:
-    if not (shutil.which("ip") and shutil.which("iptables")):
-        return False
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _can_make_namespaces(), reason="needs root, ip and iptables")
+@pytest.fixture(autouse=True)
+def _namespaces_can_be_made() -> None:
+    """A missing tool fails the test (scripts/system-packages.sh installs them), never skips it."""
+    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    assert not missing, f"{missing} not installed: run scripts/system-packages.sh as root"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    assert probe.returncode == 0, f"cannot use network namespaces (root needed): {probe.stderr}"
 
 
 @pytest.mark.timeout(60)
