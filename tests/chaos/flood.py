@@ -167,6 +167,7 @@ class Usage:
 class Flood:
     connections: int
     hold_s: float
+    tls_share: float = 0.5  # of the connections, those that complete a TLS handshake
     opened_s: float = 0.0  # for the flood to open all its connections
     client: dict[str, int] = field(default_factory=dict)  # what the flood saw
     before: Usage | None = None
@@ -201,7 +202,8 @@ class Flood:
         drained = f"after {self.drain_s:.1f} s" if self.drain_s is not None else "NEVER"
         lines = [
             f"flood: {self.connections} connections held by one client for {self.hold_s:g} s "
-            f"(half TLS with one worker certificate, half plain TCP never handshaking), opened in "
+            f"({self.tls_share:.0%} TLS with one worker certificate, the rest plain TCP never "
+            f"handshaking), opened in "
             f"{self.opened_s:.1f} s; {dialled} dialled in all as the master closed them; "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if not k.endswith("_dialled")),
             f"master: before {usage(self.before)}; peak {usage(self.peak)}; after {usage(self.after)}; "
@@ -223,7 +225,7 @@ class Flood:
 def run_flood(tmp: Path, *, connections: int = 1000, hold_s: float = 20.0, tls_share: float = 0.5,
               baseline_tasks: int = 20, master_flags: tuple[str, ...] = ()) -> Flood:
     """`master_flags`: e.g. ("--max-connections", "64"), to run the flood against lower caps."""
-    result = Flood(connections, hold_s)
+    result = Flood(connections, hold_s, tls_share)
     with tls_cluster(tmp, [HOG], *master_flags, worker=GOOD) as cluster, cluster.client() as cq:
         for _ in range(baseline_tasks):
             result.latency_baseline_ms.append(_one_task(cq, result))
