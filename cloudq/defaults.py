@@ -16,6 +16,9 @@ AUDIT_LOG_MAX_MB = 100  # --audit-log rotates past this size
 AUDIT_LOG_BACKUPS = 5  # rotated parts kept: FILE.1 to FILE.5
 SYNC_REQUEST_TIMEOUT_S = 30.0  # an RPC call that takes longer fails instead of hanging
 HANDSHAKE_TIMEOUT_S = 5.0  # a peer that does not finish TLS + RPyC setup by then is dropped
+# Connections from one address still in their handshake; more are closed at once. Far above
+# what a worker (2) or an operator's tools need, far below the listener's cap.
+MAX_HANDSHAKES_PER_ADDRESS = 64
 
 MAX_DESCRIPTORS = 65_536  # the master raises its soft descriptor limit toward this at start
 

@@ -1,8 +1,11 @@
 """The master's listening side: a bounded, authenticated RPyC ThreadedServer.
 
 - TLS with client certificates when a TLS directory is given; the certificate's name becomes
-  the connection's identity. Without TLS (loopback, or `--insecure`) every peer is trusted.
-- The TLS handshake and RPyC setup must finish within HANDSHAKE_TIMEOUT_S.
+  the connection's identity. Without TLS (`--insecure`) every peer is trusted.
+- The handshake and RPyC setup must finish within HANDSHAKE_TIMEOUT_S, and one address may
+  have at most MAX_HANDSHAKES_PER_ADDRESS connections in their handshake at once: a client
+  that opens sockets and never speaks holds few of them, so it cannot fill the listener and
+  shut out operators and workers connecting from elsewhere.
 - Connection slots (ConnectionSlots): a cap in total, a cap per certificate, and a few slots
   only an operator may take. A peer over a cap is answered `connection limit reached` on its
   first call and closed; sockets beyond twice the total are closed at once.
@@ -86,6 +89,8 @@ REJECTION_REASONS = (
     "tls_handshake",  # the TLS handshake failed or timed out
     "certificate",  # a certificate whose name may not connect as a client
     "revoked",  # a certificate on the cluster's revocation list
+    "handshake_flood",  # one address over its connections still in their handshake
+    "malformed_frame",  # a frame RPyC could not decode: the connection is closed
     "frame_too_large",  # a frame, or what it inflates to, over the limit
     "inflate_budget",  # no room in the process's inflate budget in time
 )
@@ -191,6 +196,8 @@ class BoundedServer(ThreadedServer):
         self._last_accept_warning = 0.0
         self._live: dict[BoundedChannel, Identity] = {}  # served connections, for revocation
         self._live_lock = threading.Lock()
+        self._handshakes: Counter[str] = Counter()  # by peer address, until authenticated
+        self._handshaking = threading.local()  # the address this thread's handshake counts for
         self._next_revocation_check = 0.0
 
     def start(self) -> None:
@@ -237,9 +244,38 @@ class BoundedServer(ThreadedServer):
             self.rejections.add("overflow")
             sock.close()
             return
+        try:
+            address = sock.getpeername()[0]
+        except OSError:  # gone already
+            sock.close()
+            return
+        with self._live_lock:
+            if self._handshakes[address] >= defaults.MAX_HANDSHAKES_PER_ADDRESS:
+                self.rejections.add("handshake_flood")
+                sock.close()
+                return
+            self._handshakes[address] += 1
         sock.setblocking(True)
         self.clients.add(sock)
-        self._accept_method(sock)
+        self._start_handshake(sock, address)
+
+    def _handshake_over(self) -> None:
+        """This thread's connection is past its handshake (authenticated, or refused)."""
+        address = getattr(self._handshaking, "address", None)
+        if address is None:
+            return
+        self._handshaking.address = None
+        with self._live_lock:
+            self._handshakes[address] -= 1
+            if self._handshakes[address] <= 0:
+                del self._handshakes[address]
+
+    def _handshake_then_serve(self, sock: socket.socket, address: str) -> None:
+        self._handshaking.address = address
+        try:
+            self._authenticate_and_serve_client(sock)
+        finally:
+            self._handshake_over()  # a failed handshake never reaches _serve_client
 
     def _accept_failed(self, err: OSError) -> None:
         self.accept_errors += 1
@@ -252,18 +288,21 @@ class BoundedServer(ThreadedServer):
             log.error("unexpected accept() error %s", err)
         time.sleep(ACCEPT_PAUSE_S)
 
-    def _accept_method(self, sock: socket.socket) -> None:
+    def _start_handshake(self, sock: socket.socket, address: str) -> None:
         # Small request/reply messages: without this, Nagle and delayed ACKs add ~40 ms a call.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._authenticate_and_serve_client, args=(sock,),
+            threading.Thread(target=self._handshake_then_serve, args=(sock, address),
                              daemon=True).start()
         except (OSError, RuntimeError) as err:  # a peer already gone, or no thread to be had
             log.warning("dropping a new connection: %s", err)
+            with self._live_lock:
+                self._handshakes[address] -= 1
             self.clients.discard(sock)
             sock.close()
 
     def _serve_client(self, sock: Any, credentials: Any) -> None:
+        self._handshake_over()
         identity = credentials if isinstance(credentials, Identity) else Identity(None)
         refusal = self._revoked(identity)
         if refusal is None:
@@ -327,6 +366,9 @@ class BoundedServer(ThreadedServer):
             self.rejections.add("frame_too_large")
         except (EOFError, OSError):
             pass
+        except Exception as err:  # noqa: BLE001 - a frame RPyC cannot decode ends only this connection
+            self.rejections.add("malformed_frame")
+            log.debug("closing a connection that sent a malformed frame: %r", err)
         finally:
             # The channel first: rpyc's own close would send a goodbye and wait up to the
             # request timeout for a peer that may never answer.

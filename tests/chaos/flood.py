@@ -5,7 +5,8 @@ the total closed at once) and a good worker process. The flood is a separate pro
 opens N connections and holds them: half complete the TLS handshake with one real worker
 certificate (`hog`) and then send nothing; half are plain TCP sockets that never start a
 handshake. Whatever the master closes is dialled again at once, so N stay open from the
-client's side for the whole window. Meanwhile:
+client's side for the whole window. The flood comes from 127.0.0.2, the operator and the
+worker from 127.0.0.1, as on a network where the attacker is another machine. Meanwhile:
 
 - tasks: the operator submits no-op tasks one after another and times each from submit to
   its end as the master reports it (`wait`), before the flood (baseline) and during it;
@@ -50,6 +51,7 @@ from tests.cluster.harness import wait_until
 
 HOG = "hog"
 GOOD = "good"
+FLOOD_ADDRESS = "127.0.0.2"  # the flooding client's own source address
 DIAL_TIMEOUT_S = 5.0
 SAMPLE_EVERY_S = 0.25
 STATUS_EVERY_S = 1.0
@@ -77,7 +79,10 @@ class Holder:
 
     def dial(self, kind: str) -> None:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=DIAL_TIMEOUT_S)
+            # From an address of its own, as a client on another machine would be: the master
+            # limits connections in their handshake per address (operators use 127.0.0.1).
+            sock = socket.create_connection((self.host, self.port), timeout=DIAL_TIMEOUT_S,
+                                            source_address=(FLOOD_ADDRESS, 0))
         except OSError as err:
             self.counts[f"{kind}_connect_failed:{errno.errorcode.get(err.errno or 0, str(err))}"] += 1
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudq import defaults
 from tests.chaos.flood import run_flood
 from tests.chaos.hostile_rpc import CATEGORIES, run_hostile_calls
 from tests.chaos.peers import percentile
@@ -32,7 +33,9 @@ def test_a_connection_flood_leaves_the_workers_and_the_operator_served(tmp_path:
     result = run_flood(tmp_path, connections=300, hold_s=6.0)
     print("\n" + result.report())
     assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
-    assert result.client["most_open"] == 300  # all held at once, from the client's side
-    assert result.rejections["peer_limit"] > 0 and result.rejections["tls_handshake"] > 0
+    # The client held many at once; past its share of connections in their handshake, the
+    # master closed the rest at once (and the client dialled them again, all the while).
+    assert result.client["most_open"] >= defaults.MAX_HANDSHAKES_PER_ADDRESS, result.report()
+    assert result.rejections["handshake_flood"] > 0 and result.rejections["peer_limit"] > 0
     assert len(result.latency_flood_ms) >= 10 and percentile(result.latency_flood_ms, 0.99) < 5000
     assert len(result.status_ms) >= 3

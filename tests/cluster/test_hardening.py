@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cloudq import defaults
 from cloudq.errors import LimitError
 from cloudq.rpc import tls
 from cloudq.rpc.client import MasterClient
@@ -137,6 +138,41 @@ def test_one_certificate_cannot_hold_every_slot(cluster, certs):
     # Slots come back when their holders leave: a worker registers.
     master._client = MasterClient(master.address, certs)  # the harness speaks as the operator
     cluster.start_worker("w1", "--tls-dir", str(certs))
+
+
+def test_sockets_that_never_handshake_cannot_shut_out_other_addresses(cluster, certs):
+    """One address holding 3x the listener's cap of silent sockets: it keeps at most
+    MAX_HANDSHAKES_PER_ADDRESS of them in their handshake, the rest are closed at once, and an
+    operator and a worker connecting from another address get straight in."""
+    master = cluster.start_master("--tls-dir", str(certs), "--max-connections", "64")
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(3 * 2 * 64):
+            with contextlib.suppress(OSError):
+                flood.append(socket.create_connection(("127.0.0.1", master.port), timeout=2,
+                                                      source_address=("127.0.0.2", 0)))
+        started = time.monotonic()
+        assert _status(master.address, certs)  # the operator, from 127.0.0.1
+        operator_s = time.monotonic() - started
+        with MasterClient(master.address, certs, identity="w1") as worker:
+            assert worker.call("ping")["identity"] == "w1"
+        closed = sum(1 for s in flood if _closed_by_master(s))
+    finally:
+        _close_all(flood)
+    print(f"\n{len(flood)} silent sockets from 127.0.0.2: {closed} closed at once by the master; "
+          f"an operator from 127.0.0.1 answered in {operator_s * 1000:.0f} ms")
+    assert closed >= len(flood) - defaults.MAX_HANDSHAKES_PER_ADDRESS
+
+
+def _closed_by_master(sock: socket.socket) -> bool:
+    """The master closed this socket without a word (it is readable, with nothing to read)."""
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False  # still held, waiting for a handshake
+    except OSError:
+        return True
 
 
 def test_a_silent_connection_is_closed(cluster):

@@ -263,8 +263,8 @@ def test_rpc_refusals_are_counted_by_reason() -> None:
     slots.rejections.add("frame_too_large")
     samples = scrape(registry)
     assert series(samples, "cloudq_rpc_rejected_total", "reason") == {
-        "connection_limit": 0, "peer_limit": 1, "overflow": 0, "tls_handshake": 0, "certificate": 0, "revoked": 0,
-        "frame_too_large": 1, "inflate_budget": 0}
+        "connection_limit": 0, "peer_limit": 1, "overflow": 0, "tls_handshake": 0, "certificate": 0,
+        "revoked": 0, "handshake_flood": 0, "malformed_frame": 0, "frame_too_large": 1, "inflate_budget": 0}
 
 
 def test_a_failing_hook_never_breaks_a_move(clock: Clock) -> None:
