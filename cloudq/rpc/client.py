@@ -51,7 +51,18 @@ _REFUSED_CERTIFICATE = {
     "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED", "TLSV1_ALERT_ACCESS_DENIED",
 }
+# What each of those alerts says about our certificate, for the operator.
+_REFUSAL_CAUSES = {
+    "TLSV1_ALERT_UNKNOWN_CA": "not from this cluster's CA",
+    "TLSV1_ALERT_DECRYPT_ERROR": "not from this cluster's CA",  # another CA of the same name
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "not valid now (check this machine's clock) or damaged",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "not a client certificate (the master's own?)",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "revoked",
+}
 _CERT_HAS_EXPIRED = 10  # X509_V_ERR_CERT_HAS_EXPIRED, in SSLCertVerificationError.verify_code
+# The server's certificate is from our CA but is not the master's: a worker's, or the wrong name.
+_NOT_THE_MASTERS = {26, 62}  # X509_V_ERR_INVALID_PURPOSE, X509_V_ERR_HOSTNAME_MISMATCH
 
 
 def parse_address(text: str, default_port: int = defaults.PORT) -> tuple[str, int]:
@@ -161,6 +172,10 @@ class MasterClient:
             if err.verify_code == _CERT_HAS_EXPIRED:
                 raise AuthError(f"the master's certificate at {self.address} has expired: "
                                 f"{err.verify_message}") from None
+            if err.verify_code in _NOT_THE_MASTERS:
+                raise AuthError(f"{self.address} is not the cluster's master ({err.verify_message}): "
+                                f"it shows a certificate from {tls_dir}/ca.pem that is not the "
+                                "master's (a worker's?)") from None
             raise AuthError(f"{self.address} is not the cluster's master ({err.verify_message}): its "
                             f"certificate is not from {tls_dir}/ca.pem; is --tls-dir this "
                             "cluster's?") from None
@@ -192,9 +207,11 @@ class MasterClient:
         return CloudqError(f"the master at {self.address} closed the connection: {err}")
 
     def _refused(self, err: BaseException) -> AuthError:
+        found = _ssl_error(err)
+        cause = _REFUSAL_CAUSES.get(str(found.reason) if found is not None else "",
+                                    "not from this cluster's CA (or expired)")
         return AuthError(f"the master at {self.address} refused our certificate "
-                         f"({self.tls_dir}/{self.stem}.pem): not from this cluster's CA (or expired)"
-                         f" [{_alert(err)}]")
+                         f"({self.tls_dir}/{self.stem}.pem): {cause} [{_alert(err)}]")
 
     def _timed_out(self, seconds: float | None = None) -> ConnectionError:
         return ConnectionError(f"the master at {self.address} did not answer within "

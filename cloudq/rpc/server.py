@@ -61,6 +61,7 @@ TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
                            errno.EAGAIN}
 ACCEPT_PAUSE_S = 0.1  # after a failed accept(): time for descriptors to come back
 REFUSAL_LINGER_S = 2.0  # a refused peer has this long to make the call that tells it why
+ALERT_LINGER_S = 0.2  # a refused TLS peer has this long to read the alert that says why
 REVOCATION_CHECK_S = 1.0  # how often the listener looks for a changed revocation list
 
 
@@ -170,10 +171,12 @@ class Authenticator:
         sock.settimeout(defaults.HANDSHAKE_TIMEOUT_S)
         if self.context is None:
             return sock, Identity(None, trusted=True)
+        wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         try:
-            wrapped = self.context.wrap_socket(sock, server_side=True)
+            wrapped.do_handshake()
         except (ssl.SSLError, OSError) as err:
             self.rejections.add("tls_handshake")
+            _close_after_alert(wrapped)
             raise AuthenticationError(f"TLS handshake failed: {err}") from None
         name = tls.peer_name(wrapped.getpeercert())
         if not name or name == tls.MASTER_NAME:
@@ -181,6 +184,20 @@ class Authenticator:
             self.rejections.add("certificate")
             raise AuthenticationError(f"certificate name {name!r} may not connect as a client")
         return wrapped, Identity(name, serial=tls.peer_serial(wrapped.getpeercert(binary_form=True)))
+
+
+def _close_after_alert(sock: ssl.SSLSocket) -> None:
+    """Closes a refused handshake's socket so that the peer reads our alert (which says why):
+    our side ends first, and what the peer still sends is read, for at most ALERT_LINGER_S;
+    closing with unread data would reset the connection and lose the alert on the way."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # the socket's own: TLS is over
+        deadline = time.monotonic() + ALERT_LINGER_S
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not socket.socket.recv(sock, 4096):
+                break
+    sock.close()
 
 
 class BoundedServer(ThreadedServer):
