@@ -169,8 +169,13 @@ class Delivery(MasterState):
                 record.polling -= 1
             # No last_seen here: the wait ending is the master's own clock, not word from the
             # worker (a killed one's poll still ends), so only the call's arrival counts.
-            out = list(record.outbox) if record.session == session else []
-            record.outbox.clear()
+            # A fetch of an older session (its process was killed while this call waited, and
+            # the worker has registered again since) takes nothing: the outbox now holds the
+            # new session's assignments, which its own fetch must find.
+            out: list[dict[str, Any]] = []
+            if record.session == session:
+                out = list(record.outbox)
+                record.outbox.clear()
             ticket = record.outbox_ticket
         if out:
             self.journal.wait(ticket)  # a worker never acts on what is not yet durable
