@@ -13,8 +13,11 @@ make it dead.
 
 The proof is the master's audit log (`--audit-log`: every event as a JSON line, written once
 durable): read again from its start (rotated parts included) after the master stopped, each
-submitted id must have exactly one terminal move (to completed, failed, cancelled or dead).
-The master's metrics must show no task still queued, running or waiting to retry at the end.
+submitted id must have exactly one terminal move (to completed, failed, cancelled or dead),
+and no assignment may wait past START_LIMIT_S to be started or taken back (a restarted
+worker that never gets what it was given sits idle until --start-deadline). The master's
+metrics must show no task still queued, running or waiting to retry at the end, and none
+held at all once keep_finished_s has passed.
 
 Figures: the master's RSS when the first `baseline_at` tasks (10,000, or half of a smaller
 run) had ended, at every tenth of the run and when the last one had; the journal segments'
@@ -61,6 +64,9 @@ BATCH = 200  # tasks per submit call
 LEASE_S = 3.0
 FINAL = frozenset({"completed", "failed", "cancelled", "dead"})
 ACTIVE = ("pending", "queued", "assigned", "running", "retrying", "held")
+# An assigned task is started by a live worker within a moment, and taken back from a killed
+# one when it registers again (a second or two) or at its lease: far within this.
+START_LIMIT_S = 10.0
 # Room enough that the audit log never rotates: about 150 bytes an event, 5 to 6 events a task.
 AUDIT_LOG_MAX_MB = 4096
 
@@ -91,12 +97,14 @@ class Soak:
     checkpoint_max_mb: float = 0.0  # checkpoint.json and its .old together
     checkpoint_end_mb: float = 0.0
     checkpoints_seen: int = 0  # times a new checkpoint file was seen
+    assigned_max_s: float = 0.0  # longest an assignment waited to be started or taken back
     # (tasks ended, master RSS MB, tasks held, journal MB, checkpoint MB), every sample_every_s
     samples: list[tuple[int, float, int, float, float]] = field(default_factory=list)
     # Broken promises:
     not_final: list[str] = field(default_factory=list)  # submitted, no terminal move
     ended_twice: list[str] = field(default_factory=list)  # more than one terminal move
     not_completed: list[str] = field(default_factory=list)  # `true` that did not complete
+    slow_starts: list[str] = field(default_factory=list)  # assigned past START_LIMIT_S
     still_active: dict[str, int] = field(default_factory=dict)  # state -> tasks at the end
     not_forgotten: int = 0  # tasks the master still held keep_finished_s after the last end
     crashed: list[str] = field(default_factory=list)  # processes that exited unasked
@@ -141,7 +149,8 @@ class Soak:
 
     def failures(self) -> dict[str, int]:
         counts = {name: len(getattr(self, name)) for name in (
-            "not_final", "ended_twice", "not_completed", "crashed", "workers_missing", "errors")}
+            "not_final", "ended_twice", "not_completed", "slow_starts", "crashed", "workers_missing",
+            "errors")}
         counts["still_active"] = sum(self.still_active.values())
         counts["not_forgotten"] = self.not_forgotten
         steady = self.steady()
@@ -163,7 +172,7 @@ class Soak:
                 f"{self.kills} kill -9 (one every {self.kill_every_s:g} s), keep-finished "
                 f"{self.keep_finished_s:g} s; {self.elapsed_s:.0f} s, {self.tasks_per_s:.0f} tasks/s; "
                 f"outcomes {dict(self.outcomes)}, retried {self.retried} (retries by cause "
-                f"{self.retries_by_cause}); master RSS {self.rss_baseline_mb:.1f} MB at "
+                f"{self.retries_by_cause}), longest wait in assigned {self.assigned_max_s:.1f} s; master RSS {self.rss_baseline_mb:.1f} MB at "
                 f"{self.baseline_at:,} ended, {self.rss_end_mb:.1f} MB at the end "
                 f"({self.rss_growth_pct:+.1f}%), max {self.rss_max_mb:.1f} MB [MB by tasks ended: "
                 f"{by_tasks}]; tasks held max {self.held_max:,}, at the end {self.held_end:,}; "
@@ -349,7 +358,8 @@ class AuditFollower:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def wait_ended(self, count: int, stall_s: float) -> bool:
         """Waits until `count` tasks have ended; False when none ended for `stall_s` seconds."""
@@ -477,18 +487,32 @@ def _check_master(cq: Client, metrics_url: str, result: Soak) -> None:
 
 
 def _check_audit(path: Path, submitted: list[str], result: Soak) -> None:
-    """Every submitted id has exactly one terminal move, read from the whole audit log, its
-    rotated parts (FILE.N, the oldest, to FILE.1) first."""
+    """Every submitted id has exactly one terminal move, and no assignment waited past
+    START_LIMIT_S to be started or taken back, read from the whole audit log, its rotated
+    parts (FILE.N, the oldest, to FILE.1) first."""
     ends: dict[str, list[dict[str, Any]]] = {task_id: [] for task_id in submitted}
+    assigned_at: dict[str, float] = {}
     parts = sorted((p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()),
                    key=lambda p: -int(p.suffix[1:]))
     for part in [*parts, path]:
         with part.open("rb") as lines:
             for line in lines:
                 event = orjson.loads(line)
-                found = ends.get(event.get("task"))
-                if found is not None and event["dst"] in FINAL and event["src"] != event["dst"]:
+                task_id = event.get("task")
+                found = ends.get(task_id)
+                if found is None or event["src"] == event["dst"]:
+                    continue  # a worker's event, or a note
+                if event["dst"] in FINAL:
                     found.append(event)
+                if event["src"] == "assigned" and task_id in assigned_at:
+                    waited = event["time"] - assigned_at.pop(task_id)
+                    result.assigned_max_s = max(result.assigned_max_s, waited)
+                    if waited > START_LIMIT_S:
+                        result.slow_starts.append(f"{task_id} attempt {event['attempt']} on "
+                                                  f"{event['worker']}: {waited:.1f} s, then "
+                                                  f"{event['dst']} ({event['reason']})")
+                if event["dst"] == "assigned":
+                    assigned_at[task_id] = event["time"]
     for task_id, moves in ends.items():
         if not moves:
             result.not_final.append(task_id)
