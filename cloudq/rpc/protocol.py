@@ -60,10 +60,15 @@ class Budget:
     inflates and gives it back once it has been handled, so many peers each sending a small
     compressed frame that inflates to tens of MiB cannot add up to gigabytes."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, large_at_once: int = 1) -> None:
         self.limit = limit
         self.used = 0
         self._cv = threading.Condition()
+        # Frames inflating past their first step at once. Such a frame holds what it has while
+        # it asks for more: unbounded, several could each hold part of the budget and all wait
+        # for the rest until they time out. At most this many (each at most a frame's limit,
+        # together within the budget), the one-step frames around them always finish.
+        self.large = threading.BoundedSemaphore(large_at_once)
 
     def take(self, amount: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -83,7 +88,7 @@ class Budget:
                 self._cv.notify_all()
 
 
-INFLATE_BUDGET = Budget(INFLATE_BUDGET_BYTES)
+INFLATE_BUDGET = Budget(INFLATE_BUDGET_BYTES, large_at_once=INFLATE_BUDGET_BYTES // MAX_FRAME_BYTES)
 
 
 class WireBytes:
@@ -136,12 +141,23 @@ class BoundedChannel(Channel):
     max_frame = MAX_FRAME_BYTES
     budget: Budget | None = None  # the server sets INFLATE_BUDGET; clients trust their master
     _held = 0
+    _large = False  # holds one of the budget's large-frame places
 
     def __init__(self, stream: Any, compress: bool = True) -> None:
         super().__init__(stream, compress)
         self._wire = WIRE_BYTES.tally()
 
     def recv(self) -> bytes:
+        try:
+            return self._recv_frame()
+        except FrameTooLarge:
+            # The rest of the frame is unread, so the connection is over. Closed here: rpyc
+            # answers an EOFError by saying goodbye and waiting the whole request timeout for a
+            # reply this peer may never send, holding a thread and a slot that long.
+            self.close()
+            raise
+
+    def _recv_frame(self) -> bytes:
         self.release()
         header = self.stream.read(self.FRAME_HEADER.size)
         length, compressed = self.FRAME_HEADER.unpack(header)
@@ -158,6 +174,10 @@ class BoundedChannel(Channel):
         while pending and size <= self.max_frame:
             step = min(_INFLATE_CHUNK, self.max_frame + 1 - size)
             if self.budget is not None:
+                if parts and not self._large:
+                    if not self.budget.large.acquire(timeout=INFLATE_WAIT_S):
+                        raise InflateBudgetSpent("too many large frames are being inflated at once; refused")
+                    self._large = True
                 if not self.budget.take(step, INFLATE_WAIT_S):
                     raise InflateBudgetSpent("too many large frames are being inflated at once; refused")
                 self._held += step
@@ -191,6 +211,9 @@ class BoundedChannel(Channel):
         if self._held and self.budget is not None:
             self.budget.give(self._held)
         self._held = 0
+        if self._large and self.budget is not None:
+            self.budget.large.release()
+        self._large = False
 
     def close(self) -> None:
         self.release()

@@ -216,7 +216,7 @@ def test_compressed_frames_cannot_exhaust_memory(cluster):
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    socks = _open_idle(master.port, 48)
+    socks = _open_idle(master.port, 10)  # 630 MiB if all were inflated at once
     try:
         for s in socks:
             s.sendall(frame)
@@ -234,5 +234,5 @@ def test_compressed_frames_cannot_exhaust_memory(cluster):
     sent = len(frame) * len(socks)
     print(f"\n{len(socks)} frames, {sent / 1e6:.1f} MB sent, each inflating to 63 MiB: master RSS "
           f"{before / 2**20:.0f} MiB before, peak {peak[0] / 2**20:.0f} MiB, {after / 2**20:.0f} MiB after")
-    assert peak[0] - before < 700 << 20
+    assert peak[0] - before < 400 << 20  # the inflate budget is 160 MiB
     assert _status(master.address)
