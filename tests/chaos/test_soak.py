@@ -20,9 +20,12 @@ def test_every_task_ends_once_while_workers_are_killed(open_dir: Path) -> None:
     result = run_soak(open_dir, tasks=TASKS, kill_every_s=4.0, keep_finished_s=3.0)
     print("\n" + result.report())
     assert result.submitted == TASKS, result.report()
-    assert result.kills >= 2, result.report()
-    assert result.retried >= 1, result.report()  # the kills caught tasks in flight
+    # At least one kill, and one that caught tasks in flight (3 to 8 kills on two cores).
+    assert result.kills >= 1, result.report()
+    assert result.retried >= 1, result.report()
     assert result.outcomes == {"completed": TASKS}, result.report()
+    # Among them slow_starts: tasks a restarted worker was given and never got, idle until
+    # --start-deadline, as when a fetch of its killed process emptied the new one's outbox.
     assert result.failures() == dict.fromkeys(result.failures(), 0), result.report()
     # RSS growth is only printed: the rule (< 10% from the 10,000th task to the 100,000th)
     # means nothing in a run this short, which ends while the master's event history (the
