@@ -66,6 +66,8 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quarantine-after", type=int, default=defaults.QUARANTINE_AFTER)
     p.add_argument("--keep-finished", type=float, default=defaults.KEEP_FINISHED_S,
                    help="seconds a finished task is kept before it is forgotten (0: forever)")
+    p.add_argument("--keep-events", type=int, default=defaults.EVENT_RETENTION, metavar="N",
+                   help="newest events kept, in memory and in the store, for `events` and `show`")
     p.add_argument("--max-connections", type=int, default=defaults.MAX_CONNECTIONS,
                    help="RPC connections in total (the last few kept for operators)")
     p.add_argument("--max-connections-per-peer", type=int, default=defaults.MAX_CONNECTIONS_PER_PEER,
@@ -292,12 +294,15 @@ def _master(args: argparse.Namespace) -> int:
         max_workers=args.max_workers, forget_offline_s=args.forget_offline,
         start_deadline_s=args.start_deadline, stall_timeout_s=args.stall_timeout,
         max_run_s=_max_run(args.max_run), unschedulable_ttl_s=args.unschedulable_ttl,
+        event_retention=args.keep_events,
     )
     for flag, value in (("--max-connections", args.max_connections),
                         ("--max-connections-per-peer", args.max_connections_per_peer),
                         ("--max-workers", args.max_workers)):
         if value < 1:
             raise CloudqError(f"{flag} must be at least 1")
+    if args.keep_events < 100:
+        raise CloudqError("--keep-events must be at least 100")
     if args.stall_timeout < 0 or args.unschedulable_ttl < 0:
         raise CloudqError("--stall-timeout and --unschedulable-ttl must be 0 (off) or more seconds")
     if not args.audit_log_max_mb > 0:

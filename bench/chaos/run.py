@@ -5,6 +5,7 @@
     .venv/bin/python bench/chaos/run.py standby    # the queue check, killing the leader of two
                                                    # masters on PostgreSQL (started here)
     .venv/bin/python bench/chaos/run.py partitions # 20 workers cut off past the lease, 5 briefly
+    .venv/bin/python bench/chaos/run.py soak       # 100,000 tasks, a worker killed every 30 s
     .venv/bin/python bench/chaos/run.py hostile    # 10,000 hostile RPC calls from a worker certificate
     .venv/bin/python bench/chaos/run.py flood      # 1,000 connections held by one client
 
@@ -26,16 +27,20 @@ from tests.chaos.flood import run_flood  # noqa: E402
 from tests.chaos.hostile_rpc import run_hostile_calls  # noqa: E402
 from tests.chaos.partition import run_partitions  # noqa: E402
 from tests.chaos.queue_check import run_queue_check  # noqa: E402
+from tests.chaos.soak import run_soak  # noqa: E402
 from tests.chaos.worker_kill import run_worker_kills  # noqa: E402
 from tests.postgres import postgres_server  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("check", choices=["queue", "workers", "standby", "partitions", "hostile", "flood"])
+    parser.add_argument("check", choices=["queue", "workers", "standby", "partitions", "soak", "hostile",
+                                          "flood"])
     parser.add_argument("--trials", type=int, help="kills or cuts (default: queue 20, workers 100, "
                                                    "partitions 20)")
     parser.add_argument("--calls", type=int, default=10_000, help="hostile: RPC calls")
+    parser.add_argument("--tasks", type=int, default=100_000, help="soak: tasks run")
+    parser.add_argument("--kill-every", type=float, default=30.0, help="soak: seconds between worker kills")
     parser.add_argument("--connections", type=int, default=1000, help="flood: connections held")
     parser.add_argument("--submissions", type=int, default=10_000, help="queue: tasks submitted")
     parser.add_argument("--seed", type=int, default=2026)
@@ -58,6 +63,12 @@ def main() -> int:
             slow = False
         elif args.check == "partitions":
             result = run_partitions(Path(tmp), trials=args.trials or 20, short_trials=5)
+            slow = False
+        elif args.check == "soak":
+            # 20,000 events kept: the master's history is full before the 10,000th task, so
+            # RSS from there to the end is its steady state (growth of 10% or more fails).
+            result = run_soak(Path(tmp), tasks=args.tasks, kill_every_s=args.kill_every,
+                              keep_events=20_000, growth_limit_pct=10.0)
             slow = False
         elif args.check == "hostile":
             result = run_hostile_calls(Path(tmp), calls=args.calls, seed=args.seed)
