@@ -342,22 +342,17 @@ def _submit(cq: Client, tasks: int, window: int, stall_s: float, follower: Audit
         submitted.extend(handle.id for handle in handles)
 
 
-class AuditFollower:
-    """Follows the audit log as the master writes it, counting tasks' first terminal moves:
-    the submitter's window and the RSS samples at given counts of ended tasks. The proof at
-    the end reads the log again from its start (_check_audit)."""
+class _Loop:
+    """A daemon thread running `_run` until stop()."""
 
-    def __init__(self, path: Path, master_pid: int, result: Soak) -> None:
-        self.path, self.result = path, result
-        self.master = psutil.Process(master_pid)
-        self.ended = 0
-        self.events = 0
-        self._seen: set[str] = set()
-        self._changed = threading.Condition()
+    name = "soak-loop"
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        step = max(1, result.tasks // 10)
-        self._rss_at = sorted({result.baseline_at, result.tasks, *range(step, result.tasks, step)})
-        self._thread = threading.Thread(target=self._run, name="soak-audit", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
@@ -366,6 +361,25 @@ class AuditFollower:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+
+
+class AuditFollower(_Loop):
+    """Follows the audit log as the master writes it, counting tasks' first terminal moves:
+    the submitter's window and the RSS samples at given counts of ended tasks. The proof at
+    the end reads the log again from its start (_check_audit)."""
+
+    name = "soak-audit"
+
+    def __init__(self, path: Path, master_pid: int, result: Soak) -> None:
+        self.path, self.result = path, result
+        self.master = psutil.Process(master_pid)
+        self.ended = 0
+        self.events = 0
+        self._seen: set[str] = set()
+        self._changed = threading.Condition()
+        step = max(1, result.tasks // 10)
+        self._rss_at = sorted({result.baseline_at, result.tasks, *range(step, result.tasks, step)})
+        super().__init__()
 
     def wait_ended(self, count: int, stall_s: float) -> bool:
         """Waits until `count` tasks have ended; False when none ended for `stall_s` seconds."""
@@ -412,8 +426,10 @@ class AuditFollower:
             self.result.rss_mb[self._rss_at.pop(0)] = self.master.memory_info().rss / 2**20
 
 
-class Sampler:
+class Sampler(_Loop):
     """Every `every_s`: the master's RSS, the tasks it holds, the journal's and checkpoints' sizes."""
+
+    name = "soak-sampler"
 
     def __init__(self, data_dir: Path, master_pid: int, metrics_url: str, follower: AuditFollower,
                  result: Soak, every_s: float) -> None:
@@ -422,16 +438,7 @@ class Sampler:
         self.master = psutil.Process(master_pid)
         self.held = 0
         self._checkpoint_mtime = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,24 @@ def live_group_members(pgid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+@contextmanager
+def running(docker_client: Any, ctx: RunContext) -> Iterator[tuple[Background, Any]]:
+    """Starts the task aside and yields it with its container once the engine says it started.
+    A task still running when the block ends is cancelled; its container must be gone."""
+    now = int(time.time())
+    events = docker_client.events(decode=True, since=now - 1, until=now + 60,  # ends by itself
+                                  filters={"label": f"cloudq.task={ctx.task_id}", "event": "start"})
+    task = Background(ctx).start()
+    try:
+        started = next(iter(events), None)
+    finally:
+        events.close()
+    try:
+        assert started is not None, "the container did not start within 60 s"
+        yield task, docker_client.containers.get(started["id"])
+    finally:
+        if not task.done.is_set():
+            task.cancel_and_wait(5)
+        assert task_containers(docker_client, ctx.task_id) == []

@@ -7,10 +7,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from cloudq.worker.runners import Fault, RunContext, RunStatus, run_task
 from cloudq.worker.runners.container import MIB, PIDS_LIMIT, SCRATCH
 from tests.cluster.harness import wait_until
 
-from .conftest import BUSYBOX, Background, task_containers
+from .conftest import BUSYBOX, running, task_containers
 
 # Processes the host may gain beside the container's own while it runs: the engine's shim and
 # runc, and whatever else this machine does meanwhile.
@@ -30,27 +28,6 @@ HOST_SLACK = 64
 def container_ctx(make_ctx, script: str, **overrides: Any) -> RunContext:
     spec = {"image": BUSYBOX, "command": ["sh", "-c", script], **overrides.pop("spec", {})}
     return make_ctx("container", spec, **overrides)
-
-
-@contextmanager
-def running(docker_client: Any, ctx: RunContext) -> Iterator[tuple[Background, Any]]:
-    """Starts the task aside and yields it with its container once the engine says it started.
-    A task still running when the block ends is cancelled; its container must be gone."""
-    now = int(time.time())
-    events = docker_client.events(decode=True, since=now - 1, until=now + 60,  # ends by itself
-                                  filters={"label": f"cloudq.task={ctx.task_id}", "event": "start"})
-    task = Background(ctx).start()
-    try:
-        started = next(iter(events), None)
-    finally:
-        events.close()
-    try:
-        assert started is not None, "the container did not start within 60 s"
-        yield task, docker_client.containers.get(started["id"])
-    finally:
-        if not task.done.is_set():
-            task.cancel_and_wait(5)
-        assert task_containers(docker_client, ctx.task_id) == []
 
 
 def host_processes() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from cloudq.worker.agent import WorkerOptions, container_mem_default
 from cloudq.worker.runners import Fault, RunStatus, run_task
 
-from .conftest import BUSYBOX, Background, task_containers
+from .conftest import BUSYBOX, Background, running, task_containers
 
 
 @pytest.fixture
@@ -175,17 +174,9 @@ def test_a_task_asking_no_memory_gets_the_workers_default_limit(make_ctx, docker
     ctx = make_ctx("container", {"image": BUSYBOX, "command": ["sleep", "300"]},
                    resources=NO_MEMORY_ASKED, container_mem_default=limit, timeout_s=None)
     # The engine's own word on the container it runs: its start event, then its HostConfig.
-    now = int(time.time())
-    events = docker_client.events(decode=True, since=now - 1, until=now + 60,  # ends by itself
-                                  filters={"label": f"cloudq.task={ctx.task_id}", "event": "start"})
-    task = Background(ctx).start()
-    try:
-        started = next(iter(events), None)
-    finally:
-        events.close()
-    assert started is not None, "the container did not start within 60 s"
-    host_config = docker_client.containers.get(started["id"]).attrs["HostConfig"]
-    result, _ = task.cancel_and_wait(5)
+    with running(docker_client, ctx) as (task, container):
+        host_config = container.attrs["HostConfig"]
+        result, _ = task.cancel_and_wait(5)
     assert result.status == RunStatus.CANCELLED
     print(f"\nHostConfig.Memory {host_config['Memory']} MemorySwap {host_config['MemorySwap']}")
     assert host_config["Memory"] == host_config["MemorySwap"] == limit
