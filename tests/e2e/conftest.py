@@ -26,6 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
+from cloudq.rpc import tls
+from cloudq.rpc.client import MasterClient
 from tests.cluster.harness import ROOT, MasterProc, Proc, WorkerProc, wait_until
 
 PROMPT = "master>"  # the prompt as capture-pane shows it, trailing space stripped
@@ -103,6 +105,14 @@ class TmuxShell:
         self.socket_path: Path | None = None
         self.pane_pid = 0
         self.address = ""
+
+    def client(self, identity: str = "cloudq-admin") -> MasterClient:
+        """An RPC client of this master with the certificates its first start made in its data
+        directory: the operator's, or a worker's (issued here on first use)."""
+        certs = self.data_dir / "tls"
+        if identity != tls.ADMIN_NAME:
+            tls.ensure_worker(certs, identity)
+        return MasterClient(self.address, certs, identity=identity)
 
     def start(self, *extra: str, width: int = 200, height: int = 50,
               env: dict[str, str] | None = None) -> TmuxShell:

@@ -18,7 +18,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cloudq.rpc.client import MasterClient
 from tests.e2e.conftest import PROMPT, TmuxShell
 from tests.e2e.test_shell_tmux import field, submitted_id, task_counts, worker_available
 from tests.unit.test_hostile_lines import random_lines
@@ -66,7 +65,7 @@ def test_escape_sequences_in_task_data_stay_inert(start_shell: Callable[..., Tmu
     batch.write_text(json.dumps({
         "kind": "exec", "name": "hostile", "target_worker": "evil", "max_retries": 1,
         "retry_backoff_s": 300, "spec": {"argv": ["printf", f"{HOSTILE}-ARGV"]}}) + "\n")
-    with MasterClient(shell.address) as evil:
+    with shell.client(identity="evil") as evil:
         session = evil.call("register", {"facts": {"name": "evil", "cpu_cores": 4.0, "mem_gb": 8.0},
                                          "running": []})["session"]
         out = shell.run(f"submit {batch}")

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from cloudq.rpc.client import MasterClient
 from tests.e2e.conftest import NOTICE, PROMPT, TmuxShell
 from tests.e2e.test_shell_tmux import field, run_paged, submitted_id, worker_available
 
@@ -77,7 +76,7 @@ def test_queue_is_a_table_of_every_column_that_fits_and_records_on_demand(
     # A long image, a GPU, pinned to a worker that never registers: it waits, with its reason
     # (sent over RPC: typed, so long a line would wrap the 80-column prompt).
     image = "registry.example.com/ml-team/bert-large-finetune:2024.06.01-cuda12"
-    with MasterClient(shell.address) as client:
+    with shell.client() as client:
         pinned = client.call("call", {"argv": ["task", "gpu-worker-42", image, "-cpu_cores", "8",
                                                "-mem", "32", "-gpu", "1", "--queue", "live",
                                                "--priority", "high"], "files": {}})["data"]["id"]
@@ -109,7 +108,7 @@ def test_a_notice_for_an_assignment_prints_above_the_half_typed_line(
     shell.wait_line(f"{PROMPT} {half}")
 
     # A worker big enough registers: the queued task is assigned to it at once.
-    with MasterClient(shell.address) as big:
+    with shell.client(identity="big-1") as big:
         big.call("register", {"facts": {"name": "big-1", "cpu_cores": 128.0, "mem_gb": 256.0},
                               "running": []})
         pattern = re.compile(rf"^\[\d\d:\d\d:\d\d\] {task_id} assigned to big-1 after .*\d+s in queue$")

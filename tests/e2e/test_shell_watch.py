@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from cloudq.rpc.client import MasterClient
 from tests.e2e.conftest import PROMPT, TmuxShell, shared_shell_fixture
 from tests.e2e.test_shell_tmux import field, submitted_id
 
@@ -74,8 +73,8 @@ def test_show_follow_prints_each_move_and_a_key_stops_following(shell: TmuxShell
     shell.run(f"cancel {task_id}")
 
 
-def _call(address: str, *argv: str) -> dict:  # type: ignore[type-arg]
-    with MasterClient(address) as client:
+def _call(shell: TmuxShell, *argv: str) -> dict:  # type: ignore[type-arg]
+    with shell.client() as client:
         return client.call("call", {"argv": list(argv), "files": {}})
 
 
@@ -85,7 +84,7 @@ def test_watch_redraws_until_a_key_and_ctrl_c_leaves_master_and_worker_alive(she
     shell.wait(lambda: any(line.startswith("Every 0.5s: queue --state queued")
                            for line in shell.lines()), 10, "the watch screen")
     # A task submitted from elsewhere appears at the next redraw.
-    task_id = _call(shell.address, "task", "-cpu_cores", "64", "--exec", "true", "--name", "watched")["data"]["id"]
+    task_id = _call(shell, "task", "-cpu_cores", "64", "--exec", "true", "--name", "watched")["data"]["id"]
 
     def redrawn() -> list[str] | None:
         """The last screen drawn, once it lists the task."""
