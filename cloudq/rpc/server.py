@@ -279,9 +279,11 @@ class BoundedServer(ThreadedServer):
     def _handshake_over(self) -> None:
         """This thread's connection is past its handshake (authenticated, or refused)."""
         address = getattr(self._handshaking, "address", None)
-        if address is None:
-            return
-        self._handshaking.address = None
+        if address is not None:
+            self._handshaking.address = None
+            self._uncount_handshake(address)
+
+    def _uncount_handshake(self, address: str) -> None:
         with self._live_lock:
             self._handshakes[address] -= 1
             if self._handshakes[address] <= 0:
@@ -313,8 +315,7 @@ class BoundedServer(ThreadedServer):
                              daemon=True).start()
         except (OSError, RuntimeError) as err:  # a peer already gone, or no thread to be had
             log.warning("dropping a new connection: %s", err)
-            with self._live_lock:
-                self._handshakes[address] -= 1
+            self._uncount_handshake(address)
             self.clients.discard(sock)
             sock.close()
 

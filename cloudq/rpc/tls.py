@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cloudq import defaults
 from cloudq.core.model import check_name
 from cloudq.errors import AuthError, CloudqError
 
@@ -67,10 +66,9 @@ def init_cluster(directory: Path, workers: list[str], hosts: list[str]) -> list[
 RESERVED_FILES = {"ca", "master", "admin"}
 
 
-def default_dir(data_dir: Path | None = None) -> Path:
-    """Where a master started without --tls-dir keeps its certificates: DATA_DIR/tls, the data
-    directory being CLOUDQ_DATA_DIR's or the default's when not given."""
-    return (data_dir or Path(os.environ.get("CLOUDQ_DATA_DIR") or defaults.DATA_DIR)) / "tls"
+def default_dir(data_dir: Path) -> Path:
+    """Where a master started without --tls-dir keeps its certificates: DATA_DIR/tls."""
+    return data_dir / "tls"
 
 
 def ensure_cluster(directory: Path, hosts: list[str]) -> bool:
